@@ -1,0 +1,143 @@
+"""`cure_ext.selective_step`: argument validation, the fake kernel, and the call into the C++ op.
+
+Every check runs before the op is called, so a bad call leaves every tensor untouched (SPEC §2).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+SCORES = ("abs", "signed")
+CONSERVES = ("grad", "freeze")
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_tensor(t, name: str, i: int, ref: Optional[torch.Tensor]) -> None:
+    where = f"{name}[{i}]"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"selective_step: {where} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"selective_step: {where} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"selective_step: {where} has dtype {t.dtype}; supported: float32, float64, float16, bfloat16")
+    if ref is None:
+        return
+    if t.shape != ref.shape:
+        raise ValueError(f"selective_step: {where} has shape {tuple(t.shape)}, params[{i}] has {tuple(ref.shape)}")
+    if t.dtype != ref.dtype:
+        raise ValueError(f"selective_step: {where} has dtype {t.dtype}, params[{i}] has {ref.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"selective_step: {where} is on {t.device}, params[{i}] is on {ref.device}")
+
+
+def _check_list(values, name: str, n: Optional[int] = None) -> list:
+    if isinstance(values, (torch.Tensor, str)) or not isinstance(values, Sequence):
+        raise TypeError(f"selective_step: {name} must be a list, got {type(values).__name__}")
+    values = list(values)
+    if n is not None and len(values) != n:
+        raise ValueError(f"selective_step: {name} has {len(values)} entries, params has {n}")
+    return values
+
+
+def _check_float(value, name: str, low: Optional[float] = None, high: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"selective_step: {name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else (f">= {low}" if low is not None else "finite")
+        raise ValueError(f"selective_step: {name} must be {bounds}, got {value}")
+    return float(value)
+
+
+def validate(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, *, lr, momentum, dampening,
+             weight_decay, nesterov, percentile, alpha, score, conserve, selective, revise, revision_decay):
+    """Checks a call against SPEC §2 and returns the normalised list arguments."""
+    params = _check_list(params, "params")
+    n = len(params)
+    for i, p in enumerate(params):
+        _check_tensor(p, "params", i, None)
+        if p.device != params[0].device:
+            raise ValueError(f"selective_step: params[{i}] is on {p.device}, params[0] is on {params[0].device}")
+    grads = _check_list(grads, "grads", n)
+    nat_grads = _check_list(nat_grads, "nat_grads", n)
+    adv_grads = _check_list(adv_grads, "adv_grads", n)
+    if selective is None:
+        selective = [True] * n
+    selective = _check_list(selective, "selective", n)
+    for i, flag in enumerate(selective):
+        if not isinstance(flag, bool):
+            raise TypeError(f"selective_step: selective[{i}] must be a bool, got {type(flag).__name__}")
+
+    lr = _check_float(lr, "lr", 0.0)
+    momentum = _check_float(momentum, "momentum", 0.0)
+    dampening = _check_float(dampening, "dampening")
+    weight_decay = _check_float(weight_decay, "weight_decay", 0.0)
+    percentile = _check_float(percentile, "percentile", 0.0, 1.0)
+    alpha = _check_float(alpha, "alpha", 0.0, 1.0)
+    revision_decay = _check_float(revision_decay, "revision_decay", 0.0, 1.0)
+    if not isinstance(nesterov, bool):
+        raise TypeError("selective_step: nesterov must be a bool")
+    if not isinstance(revise, bool):
+        raise TypeError("selective_step: revise must be a bool")
+    if nesterov and (momentum <= 0.0 or dampening != 0.0):
+        raise ValueError("selective_step: nesterov requires momentum > 0 and dampening == 0")
+    if score not in SCORES:
+        raise ValueError(f"selective_step: score must be one of {SCORES}, got {score!r}")
+    if conserve not in CONSERVES:
+        raise ValueError(f"selective_step: conserve must be one of {CONSERVES}, got {conserve!r}")
+
+    if momentum_buffers is None:
+        if momentum > 0.0:
+            raise ValueError("selective_step: momentum_buffers are required when momentum > 0")
+        momentum_buffers = []
+    else:
+        momentum_buffers = _check_list(momentum_buffers, "momentum_buffers", n)
+    if revision_params is None:
+        if revise:
+            raise ValueError("selective_step: revision_params are required when revise=True")
+        revision_params = []
+    else:
+        revision_params = _check_list(revision_params, "revision_params", n)
+
+    for i, p in enumerate(params):
+        _check_tensor(grads[i], "grads", i, p)
+        for name, values in (("nat_grads", nat_grads), ("adv_grads", adv_grads)):
+            if values[i] is None:
+                if selective[i]:
+                    raise ValueError(f"selective_step: {name}[{i}] is None but params[{i}] is selective")
+            else:
+                _check_tensor(values[i], name, i, p)
+        for name, values in (("momentum_buffers", momentum_buffers), ("revision_params", revision_params)):
+            if values:
+                _check_tensor(values[i], name, i, p)
+    return (params, grads, nat_grads, adv_grads, momentum_buffers, revision_params,
+            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                 percentile=percentile, alpha=alpha, score=score, conserve=conserve, selective=selective,
+                 revise=revise, revision_decay=revision_decay))
+
+
+def selective_step(params, grads, nat_grads, adv_grads, momentum_buffers=None, revision_params=None, *, lr,
+                   momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, percentile=0.3, alpha=0.1,
+                   score="abs", conserve="grad", selective=None, revise=False, revision_decay=0.999):
+    """Fused CURE step (SPEC §2) over all tensors at once; updates params, momentum_buffers and
+    revision_params in place and returns `kept`, the int64 count of updated entries per tensor."""
+    params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, opts = validate(
+        params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, lr=lr, momentum=momentum,
+        dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, percentile=percentile, alpha=alpha,
+        score=score, conserve=conserve, selective=selective, revise=revise, revision_decay=revision_decay)
+    if not params:  # no tensor to dispatch on
+        return torch.zeros(0, dtype=torch.int64)
+    with torch.no_grad():
+        return torch.ops.cure_ext.selective_step(
+            params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, opts["lr"], opts["momentum"],
+            opts["dampening"], opts["weight_decay"], opts["nesterov"], opts["percentile"], opts["alpha"],
+            opts["score"], opts["conserve"], opts["selective"], opts["revise"], opts["revision_decay"])
+
+
+@torch.library.register_fake("cure_ext::selective_step")
+def _selective_step_fake(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, lr, momentum,
+                         dampening, weight_decay, nesterov, percentile, alpha, score, conserve, selective, revise,
+                         revision_decay):
+    device = params[0].device if len(params) else torch.device("cpu")
+    return torch.empty(len(params), dtype=torch.int64, device=device)

@@ -1,0 +1,166 @@
+"""CURESGD against the reference op over several steps, its state_dict round trip and lr schedulers."""
+import copy
+import math
+
+import pytest
+import torch
+
+import cure_ext
+from cure_ext import reference
+from step_cases import new_seed
+
+
+def make_model(seed, dtype=torch.float32, device="cpu"):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 3)).to(dtype=dtype, device=device)
+
+
+def fake_grads(model, gen):
+    """Fills p.grad and returns (nat, adv) score gradients, all drawn from `gen`."""
+    nat, adv = [], []
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=gen).to(p)
+        nat.append(torch.randn(p.shape, generator=gen).to(p))
+        adv.append(torch.randn(p.shape, generator=gen).to(p))
+    return nat, adv
+
+
+def groups(model):
+    params = list(model.parameters())
+    # Two groups: a per-parameter selective list, and a non-selective head with other hyper-parameters.
+    return [dict(params=params[:4], selective=[True, False, True, True]),
+            dict(params=params[4:], selective=False, lr=0.05, weight_decay=0.0)]
+
+
+def manual_reference_steps(model, rev_model, seed, steps, revision_seed, **hyper):
+    """What CURESGD must do, written out with the reference op."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.Generator().manual_seed(revision_seed)
+    params, revs = list(model.parameters()), list(rev_model.parameters())
+    bufs = [torch.zeros_like(p) for p in params]
+    g1, g2 = slice(0, 4), slice(4, None)
+    for t in range(1, steps + 1):
+        nat, adv = fake_grads(model, gen)
+        revise = torch.rand((), generator=draws).item() < hyper["revision_rate"]
+        decay = min(1 - 1 / (t + 1), hyper["revision_decay"])
+        common = dict(momentum=hyper["momentum"], percentile=hyper["percentile"], alpha=hyper["alpha"],
+                      revise=revise, revision_decay=decay)
+        reference.selective_step(params[g1], [p.grad for p in params[g1]], nat[g1], adv[g1], bufs[g1], revs[g1],
+                                 lr=hyper["lr"], weight_decay=hyper["weight_decay"],
+                                 selective=[True, False, True, True], **common)
+        reference.selective_step(params[g2], [p.grad for p in params[g2]], nat[g2], adv[g2], bufs[g2], revs[g2],
+                                 lr=0.05, weight_decay=0.0, selective=[False] * len(params[g2]), **common)
+
+
+HYPER = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, percentile=0.3, alpha=0.1, revision_rate=0.5,
+             revision_decay=0.999)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "reference"])
+def test_curesgd_matches_manual_reference_steps(device, implementation):
+    seed = new_seed()
+    model = make_model(seed, device=device)
+    rev_model = copy.deepcopy(model)
+    ref_model, ref_rev = copy.deepcopy(model), copy.deepcopy(model)
+    opt = cure_ext.CURESGD(groups(model), revision_params=list(rev_model.parameters()), seed=seed + 1,
+                           implementation=implementation, **HYPER)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(6):
+        nat, adv = fake_grads(model, gen)
+        kept = opt.step(nat, adv)
+        assert kept.shape == (len(list(model.parameters())),)
+    manual_reference_steps(ref_model, ref_rev, seed, 6, seed + 1, **HYPER)
+    for a, b in zip(list(model.parameters()) + list(rev_model.parameters()),
+                    list(ref_model.parameters()) + list(ref_rev.parameters())):
+        torch.testing.assert_close(a, b)
+    # Revision really happened with these draws (rate 0.5 over 6 steps) or the test proves nothing.
+    assert any(not torch.equal(a, b) for a, b in zip(rev_model.parameters(), make_model(seed, device=device).parameters()))
+
+
+def test_kept_counts_follow_selective_flags():
+    model = make_model(0)
+    opt = cure_ext.CURESGD(groups(model), **HYPER)
+    kept = opt.step(*fake_grads(model, torch.Generator().manual_seed(0)))
+    sizes = [p.numel() for p in model.parameters()]
+    flags = [True, False, True, True] + [False] * (len(sizes) - 4)
+    assert kept.tolist() == [n - math.floor(0.3 * n) if f else n for n, f in zip(sizes, flags)]
+    assert torch.equal(opt.last_kept, kept)
+
+
+def test_state_dict_round_trip_continues_identically():
+    seed = new_seed()
+    model = make_model(seed)
+    rev = copy.deepcopy(model)
+    opt = cure_ext.CURESGD(groups(model), revision_params=list(rev.parameters()), seed=7, **HYPER)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        opt.step(*fake_grads(model, gen))
+    saved = copy.deepcopy((model.state_dict(), rev.state_dict(), opt.state_dict(), gen.get_state()))
+
+    for _ in range(4):
+        opt.step(*fake_grads(model, gen))
+    expected = [p.clone() for p in list(model.parameters()) + list(rev.parameters())]
+
+    model2 = make_model(seed + 100)
+    rev2 = copy.deepcopy(model2)
+    opt2 = cure_ext.CURESGD(groups(model2), revision_params=list(rev2.parameters()), seed=999, **HYPER)
+    model2.load_state_dict(saved[0])
+    rev2.load_state_dict(saved[1])
+    opt2.load_state_dict(saved[2])
+    gen.set_state(saved[3])
+    for _ in range(4):
+        opt2.step(*fake_grads(model2, gen))
+    got = list(model2.parameters()) + list(rev2.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    # The revision model's own tensors are still the ones the optimizer updates.
+    assert all(r is p for r, p in zip(opt2.revision_tensors(), rev2.parameters()))
+
+
+def test_lr_scheduler_changes_the_step():
+    model = make_model(0)
+    opt = cure_ext.CURESGD(model.parameters(), lr=0.1, percentile=0.0, revision_rate=0.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    w = next(model.parameters())
+    before = w.detach().clone()
+    for p in model.parameters():
+        p.grad = None
+    w.grad = torch.ones_like(w)
+    score = [torch.ones_like(w)] + [None] * 5
+    opt.step(score, score)
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    opt.step(score, score)
+    torch.testing.assert_close(w.detach(), before - 0.1 - 0.01)
+
+
+def test_internal_revision_copies_and_skipped_params():
+    model = make_model(0)
+    opt = cure_ext.CURESGD(model.parameters(), lr=0.1, revision_rate=1.0, revision_decay=0.5)
+    params = list(model.parameters())
+    start = [p.detach().clone() for p in params]
+    params[0].grad = torch.ones_like(params[0])
+    kept = opt.step([torch.ones_like(params[0])] + [None] * 5, [torch.ones_like(params[0])] + [None] * 5)
+    assert kept.tolist()[1:] == [0] * 5  # grad None: skipped
+    assert all(torch.equal(p, s) for p, s in zip(params[1:], start[1:]))
+    # t = 1: decay = min(1 - 1/2, 0.5) = 0.5, so the revision is the mean of old and new weights.
+    torch.testing.assert_close(opt.revision_tensors()[0], (start[0] + params[0].detach()) / 2)
+
+
+@pytest.mark.parametrize("bad,pattern", [(dict(selective=[True]), "selective"),
+                                         (dict(revision_rate=1.5), "revision_rate"),
+                                         (dict(implementation="numpy"), "implementation")])
+def test_constructor_rejects_bad_options(bad, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        cure_ext.CURESGD(make_model(0).parameters(), lr=0.1, **bad)
+
+
+def test_step_rejects_misaligned_score_grads():
+    model = make_model(0)
+    opt = cure_ext.CURESGD(model.parameters(), lr=0.1)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="nat_grads"):
+        opt.step([None], [None] * 6)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
