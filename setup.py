@@ -14,8 +14,8 @@ try:
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 except ImportError:
-    sys.exit("cure_ext builds against your installed PyTorch: install torch first, then run "
-             "`pip install --no-build-isolation .` (build isolation hides torch).")
+    sys.exit("cure_ext builds against the installed PyTorch, which this build cannot import: "
+             "use `pip install --no-build-isolation .` (build isolation hides torch; install torch first if missing).")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
