@@ -45,6 +45,7 @@ template <typename S> std::vector<S> random_scores(std::mt19937_64& rng, int64_t
 
 template <typename S> void test_select(std::mt19937_64& rng) {
   using K = typename cure::KeyOf<S>::type;
+  cure::SelectScratch<K> scratch;
   for (int64_t n : {2, 3, 17, 1000, 70000, 300001}) {
     for (int kind = 0; kind < 3; ++kind) {
       const auto scores = random_scores<S>(rng, n, kind);
@@ -53,7 +54,7 @@ template <typename S> void test_select(std::mt19937_64& rng) {
       for (int64_t k : {int64_t(0), int64_t(1), n / 3, n / 2, n - 1}) {
         std::vector<K> sorted = keys;
         std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
-        const K got = cure::radix_select(keys.data(), n, k, [](int64_t b, int64_t e, const auto& fn) {
+        const K got = cure::radix_select(keys.data(), n, k, scratch, [](int64_t b, int64_t e, const auto& fn) {
           chunked_for(b, e, 3, fn);
         });
         expect(got == sorted[k], "radix_select equals nth_element", n);

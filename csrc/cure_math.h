@@ -2,6 +2,7 @@
 // the two cannot drift. Torch-free: plain C++ that nvcc compiles as __host__ __device__.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -65,7 +66,9 @@ CURE_HD double add_rn(double a, double b) {
 #endif
 }
 
-template <typename S> CURE_HD S abs_value(S x) { return x < S(0) ? -x : (x == S(0) ? S(0) : x); }
+// |x| by clearing the sign bit (−0 becomes +0): branch-free, gradient signs are random.
+CURE_HD float abs_value(float x) { return fabsf(x); }
+CURE_HD double abs_value(double x) { return fabs(x); }
 
 // Score coefficients: c_nat = S(alpha), c_adv = S(1 - alpha) with the subtraction in double.
 template <typename S> struct ScoreCoeffs {
@@ -103,17 +106,22 @@ CURE_HD uint64_t bits_of(double x) {
 
 // Order-preserving key: negatives flipped, positives offset by the sign bit, −0 mapped to +0 and
 // every NaN to one key just above +inf (so KEEP_NONE stays above all keys).
+// Written branch-free (selects, not jumps): signs are random in signed scores.
 template <typename S> CURE_HD typename KeyOf<S>::type order_key(S s) {
   using K = typename KeyOf<S>::type;
-  constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
-  if (s != s) return KeyOf<S>::nan_key;
-  if (s == S(0)) s = S(0);
-  const K u = bits_of(s);
-  return (u & sign) ? K(~u) : K(u | sign);
+  constexpr int top = int(sizeof(K) * 8 - 1);
+  constexpr K sign = K(1) << top;
+  K u = bits_of(s);
+  u = u == sign ? K(0) : u;                 // −0 -> +0
+  const K flip = (K(0) - (u >> top)) | sign;  // all ones for negatives, the sign bit for positives
+  return s != s ? KeyOf<S>::nan_key : u ^ flip;
 }
 
 // Keep test of SPEC §2 step 3: an entry is updated iff its key is at or above the threshold key.
 CURE_HD bool keep(uint64_t key, uint64_t threshold) { return key >= threshold; }
+// The same test in the key's own width, once a real threshold (not KEEP_NONE) is known to fit: keeps
+// vector lanes of 32-bit keys 32 bits wide.
+template <typename K> CURE_HD bool keep(K key, K threshold) { return key >= threshold; }
 
 // k = floor(percentile * n) in IEEE double.
 CURE_HD int64_t conserve_count(double percentile, int64_t n) {
@@ -128,16 +136,17 @@ template <typename A> struct SgdHyper {
   bool use_momentum, nesterov, freeze;
 };
 
-// SPEC §2 step 4 on one entry: theta and m are updated in place.
+// SPEC §2 step 4 on one entry: theta and m are updated in place. Selects only, no branches, so that
+// loops over entries vectorise (the keep mask is random); a frozen entry keeps theta and m.
 template <typename A> CURE_HD void sgd_update(A& theta, A& m, A g, bool kept, const SgdHyper<A>& h) {
-  if (!kept && h.freeze) return;
-  const A gk = kept ? g : A(0);
-  A d = gk + h.weight_decay * theta;
-  if (h.use_momentum) {
-    m = h.momentum * m + h.one_minus_dampening * d;
-    d = h.nesterov ? d + h.momentum * m : m;
-  }
-  theta = theta - h.lr * d;
+  const bool moves = kept || !h.freeze;
+  const A d = (kept ? g : A(0)) + h.weight_decay * theta;
+  const A m_new = h.momentum * m + h.one_minus_dampening * d;
+  const A nesterov_step = d + h.momentum * m_new;  // computed unconditionally: selects, not branches
+  const A momentum_step = h.nesterov ? nesterov_step : m_new;
+  const A theta_new = theta - h.lr * (h.use_momentum ? momentum_step : d);
+  m = (h.use_momentum && moves) ? m_new : m;
+  theta = moves ? theta_new : theta;
 }
 
 // SPEC §2 step 5: the revision (EMA) model moves toward the new weights.

@@ -12,16 +12,23 @@ namespace cure {
 constexpr int kRadixBits = 11;
 constexpr int64_t kRadixBuckets = int64_t(1) << kRadixBits;
 constexpr int64_t kSelectChunk = int64_t(1) << 16;  // per-task range of the parallel passes
+constexpr int kLanes = 4;                            // interleaved sub-histograms per chunk (<= 2^32 keys each)
 
 // Chunk length of the parallel passes: at least kSelectChunk, at most 256 chunks' histograms.
 inline int64_t select_chunk(int64_t n) { return std::max(kSelectChunk, (n + 255) / 256); }
 
+// Scratch memory of the select, kept across calls: fresh large allocations are page-faulted anew on
+// every step, which costs more than the select itself.
+template <typename Key> struct SelectScratch {
+  std::vector<int64_t> hist, total, offset;
+  std::vector<Key> buffers[2];
+};
+
 // Returns the key of 0-based rank k (0 <= k < n) among keys[0..n); the keys are not modified.
 // ParallelFor: callable as pfor(begin, end, fn) running fn(b, e) over disjoint sub-ranges.
 template <typename Key, typename ParallelFor>
-Key radix_select(const Key* keys, int64_t n, int64_t k, ParallelFor&& pfor) {
+Key radix_select(const Key* keys, int64_t n, int64_t k, SelectScratch<Key>& scratch, ParallelFor&& pfor) {
   constexpr int key_bits = int(sizeof(Key) * 8);
-  std::vector<Key> buffers[2];
   const Key* src = keys;
   Key prefix = 0;
   int next = 0;  // the buffer the next compaction writes; src is never it
@@ -30,15 +37,27 @@ Key radix_select(const Key* keys, int64_t n, int64_t k, ParallelFor&& pfor) {
     const auto digit = [s](Key key) { return int64_t((key >> s) & Key(kRadixBuckets - 1)); };
     const int64_t len = select_chunk(n);
     const int64_t chunks = (n + len - 1) / len;
-    // Per-chunk histograms over a fixed partition, so the compaction knows each chunk's offset.
-    std::vector<int64_t> hist(static_cast<size_t>(chunks * kRadixBuckets), 0);
+    // Per-chunk histograms over a fixed partition, so the compaction knows each chunk's offset. Each
+    // chunk counts into kLanes interleaved sub-histograms: scores crowd into few buckets, and
+    // increments of one counter would otherwise wait on each other.
+    std::vector<int64_t>& hist = scratch.hist;
+    hist.assign(static_cast<size_t>(chunks * kRadixBuckets), 0);
     pfor(0, chunks, [&](int64_t cb, int64_t ce) {
+      std::vector<uint32_t> lanes(kLanes * kRadixBuckets);
       for (int64_t c = cb; c < ce; ++c) {
+        std::fill(lanes.begin(), lanes.end(), 0u);
+        const int64_t begin = c * len, end = std::min(n, (c + 1) * len);
+        int64_t i = begin;
+        for (; i + kLanes <= end; i += kLanes)
+          for (int l = 0; l < kLanes; ++l) ++lanes[l * kRadixBuckets + digit(src[i + l])];
+        for (; i < end; ++i) ++lanes[digit(src[i])];
         int64_t* h = hist.data() + c * kRadixBuckets;
-        for (int64_t i = c * len, end = std::min(n, (c + 1) * len); i < end; ++i) ++h[digit(src[i])];
+        for (int64_t b = 0; b < kRadixBuckets; ++b)
+          for (int l = 0; l < kLanes; ++l) h[b] += lanes[l * kRadixBuckets + b];
       }
     });
-    std::vector<int64_t> total(kRadixBuckets, 0);
+    std::vector<int64_t>& total = scratch.total;
+    total.assign(kRadixBuckets, 0);
     for (int64_t c = 0; c < chunks; ++c)
       for (int64_t b = 0; b < kRadixBuckets; ++b) total[b] += hist[c * kRadixBuckets + b];
     int64_t bucket = 0;
@@ -46,16 +65,22 @@ Key radix_select(const Key* keys, int64_t n, int64_t k, ParallelFor&& pfor) {
     prefix |= Key(bucket) << s;
     if (s == 0) return prefix;
     if (total[bucket] == n) continue;  // every candidate shares this digit: nothing to compact
-    std::vector<int64_t> offset(chunks + 1, 0);
+    std::vector<int64_t>& offset = scratch.offset;
+    offset.assign(static_cast<size_t>(chunks + 1), 0);
     for (int64_t c = 0; c < chunks; ++c) offset[c + 1] = offset[c] + hist[c * kRadixBuckets + bucket];
-    std::vector<Key>& dst = buffers[next];
+    std::vector<Key>& dst = scratch.buffers[next];
     next ^= 1;
-    dst.resize(static_cast<size_t>(offset[chunks]));
+    if (dst.size() < static_cast<size_t>(offset[chunks])) dst.resize(static_cast<size_t>(offset[chunks]));
     pfor(0, chunks, [&](int64_t cb, int64_t ce) {
       for (int64_t c = cb; c < ce; ++c) {
         Key* out = dst.data() + offset[c];
-        for (int64_t i = c * len, end = std::min(n, (c + 1) * len); i < end; ++i)
-          if (digit(src[i]) == bucket) *out++ = src[i];
+        int64_t count = 0;
+        const int64_t end = std::min(n, (c + 1) * len), last = offset[c + 1] - offset[c];
+        // Branch-free: write every key, advance past the matches only (last: stay inside the chunk's part).
+        for (int64_t i = c * len; i < end && count < last; ++i) {
+          out[count] = src[i];
+          count += digit(src[i]) == bucket;
+        }
       }
     });
     if (offset[chunks] == 1) return dst[0];

@@ -5,7 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
-#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/radix_select.h"
@@ -15,26 +15,54 @@ namespace cure {
 
 constexpr int64_t kElementGrain = int64_t(1) << 15;  // elements per parallel task: amortises dispatch
 
-// Reusable key storage for one call, sized to the largest selective tensor.
-template <typename K> class KeyBuffer {
- public:
+// Key storage and select scratch of one key width, reused across tensors and calls (see
+// SelectScratch: fresh allocations would be page-faulted anew on every step).
+template <typename K> struct KeyWorkspace {
+  std::vector<K> keys;
+  SelectScratch<K> select;
   K* get(int64_t n) {
-    if (n > size_) {
-      data_.reset(new K[static_cast<size_t>(n)]);  // uninitialised: every entry is written before use
-      size_ = n;
-    }
-    return data_.get();
+    if (keys.size() < static_cast<size_t>(n)) keys.resize(static_cast<size_t>(n));
+    return keys.data();
   }
-
- private:
-  std::unique_ptr<K[]> data_;
-  int64_t size_ = 0;
 };
+
+// Calls fn with std::bool_constant arguments matching the run-time flags.
+template <typename Fn> void with_flags(bool a, bool b, bool c, Fn&& fn) {
+  const auto pick_c = [&](auto x, auto y) {
+    c ? fn(x, y, std::true_type{}) : fn(x, y, std::false_type{});
+  };
+  const auto pick_b = [&](auto x) { b ? pick_c(x, std::true_type{}) : pick_c(x, std::false_type{}); };
+  a ? pick_b(std::true_type{}) : pick_b(std::false_type{});
+}
+
+// The fused pass over [b, e): keep test, SGD update, revision; returns the kept count. The restrict
+// pointers (distinct tensors) let the compiler vectorise.
+template <bool HasKeys, bool UseMomentum, bool Revise, typename T, typename K, typename A>
+int64_t update_range(int64_t b, int64_t e, T* __restrict__ theta, T* __restrict__ mom, T* __restrict__ rev,
+                     const T* __restrict__ grad, const K* __restrict__ keys, K threshold, bool keep_all,
+                     const SgdHyper<A> h, A decay, A one_minus_decay) {
+  // h by value: a reference could alias the stores, which blocks vectorisation.
+  int64_t kept = 0;
+  for (int64_t i = b; i < e; ++i) {
+    bool k = keep_all;
+    if constexpr (HasKeys) k = keep(keys[i], threshold);  // K-wide: see keep()
+    kept += k;
+    A th = A(theta[i]);
+    A m = A(0);
+    if constexpr (UseMomentum) m = A(mom[i]);
+    sgd_update(th, m, A(grad[i]), k, h);
+    const T stored = T(th);
+    theta[i] = stored;
+    if constexpr (UseMomentum) mom[i] = T(m);
+    if constexpr (Revise) rev[i] = T(revise(A(rev[i]), A(stored), decay, one_minus_decay));
+  }
+  return kept;
+}
 
 // ParallelFor: pfor(begin, end, grain, fn) running fn(b, e) over disjoint sub-ranges.
 template <typename T, typename ParallelFor>
-int64_t step_tensor(const TensorSlot& slot, const StepOptions& o, KeyBuffer<typename KeyOf<typename Acc<T>::type>::type>& buf,
-                    ParallelFor&& pfor) {
+int64_t step_tensor(const TensorSlot& slot, const StepOptions& o,
+                    KeyWorkspace<typename KeyOf<typename Acc<T>::type>::type>& ws, ParallelFor&& pfor) {
   using A = typename Acc<T>::type;
   using K = typename KeyOf<A>::type;
   const int64_t n = slot.n;
@@ -46,7 +74,7 @@ int64_t step_tensor(const TensorSlot& slot, const StepOptions& o, KeyBuffer<type
   const K* keys = nullptr;
   uint64_t threshold = trivial_threshold(slot);
   if (needs_selection(slot)) {
-    K* out = buf.get(n);
+    K* out = ws.get(n);
     const T* nat = static_cast<const T*>(slot.nat);
     const T* adv = static_cast<const T*>(slot.adv);
     const ScoreCoeffs<A> c(o.alpha);
@@ -55,26 +83,20 @@ int64_t step_tensor(const TensorSlot& slot, const StepOptions& o, KeyBuffer<type
     });
     keys = out;
     const auto chunk_pfor = [&](int64_t b, int64_t e, const auto& fn) { pfor(b, e, 1, fn); };
-    threshold = radix_select(keys, n, slot.k, chunk_pfor);
+    threshold = radix_select(keys, n, slot.k, ws.select, chunk_pfor);
   }
 
   const SgdHyper<A> h = sgd_hyper<A>(o);
   const A decay = A(o.revision_decay), one_minus_decay = A(1.0 - o.revision_decay);
   const bool keep_all = threshold == KEEP_ALL;
   std::atomic<int64_t> kept{0};
-  pfor(0, n, kElementGrain, [&](int64_t b, int64_t e) {
-    int64_t local = 0;
-    for (int64_t i = b; i < e; ++i) {
-      const bool k = keys ? keep(keys[i], threshold) : keep_all;
-      local += k;
-      A th = A(theta[i]);
-      A m = h.use_momentum ? A(mom[i]) : A(0);
-      sgd_update(th, m, A(grad[i]), k, h);
-      theta[i] = T(th);
-      if (h.use_momentum) mom[i] = T(m);
-      if (o.revise) rev[i] = T(revise(A(rev[i]), A(theta[i]), decay, one_minus_decay));
-    }
-    kept.fetch_add(local, std::memory_order_relaxed);
+  // The loop-invariant choices become template flags so that each variant's loop vectorises.
+  with_flags(keys != nullptr, h.use_momentum, o.revise, [&](auto has_keys, auto use_momentum, auto revise) {
+    pfor(0, n, kElementGrain, [&](int64_t b, int64_t e) {
+      const int64_t local = update_range<has_keys.value, use_momentum.value, revise.value>(
+          b, e, theta, mom, rev, grad, keys, K(threshold), keep_all, h, decay, one_minus_decay);
+      kept.fetch_add(local, std::memory_order_relaxed);
+    });
   });
   return kept.load();
 }
@@ -83,8 +105,9 @@ int64_t step_tensor(const TensorSlot& slot, const StepOptions& o, KeyBuffer<type
 template <typename Half, typename BFloat16, typename ParallelFor>
 void selective_step_cpu(const std::vector<TensorSlot>& slots, const StepOptions& o, int64_t* kept,
                         ParallelFor&& pfor) {
-  KeyBuffer<uint32_t> keys32;
-  KeyBuffer<uint64_t> keys64;
+  // Per calling thread, so concurrent calls never share scratch.
+  static thread_local KeyWorkspace<uint32_t> keys32;
+  static thread_local KeyWorkspace<uint64_t> keys64;
   for (size_t i = 0; i < slots.size(); ++i) {
     const TensorSlot& s = slots[i];
     switch (s.dtype) {
