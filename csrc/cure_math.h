@@ -139,13 +139,13 @@ template <typename A> struct SgdHyper {
 // SPEC §2 step 4 on one entry: theta and m are updated in place. Selects only, no branches, so that
 // loops over entries vectorise (the keep mask is random); a frozen entry keeps theta and m.
 template <typename A> CURE_HD void sgd_update(A& theta, A& m, A g, bool kept, const SgdHyper<A>& h) {
-  const bool moves = kept || !h.freeze;
+  const bool moves = kept | !h.freeze;  // bitwise: && and || are branches to a vectoriser
   const A d = (kept ? g : A(0)) + h.weight_decay * theta;
   const A m_new = h.momentum * m + h.one_minus_dampening * d;
   const A nesterov_step = d + h.momentum * m_new;  // computed unconditionally: selects, not branches
   const A momentum_step = h.nesterov ? nesterov_step : m_new;
   const A theta_new = theta - h.lr * (h.use_momentum ? momentum_step : d);
-  m = (h.use_momentum && moves) ? m_new : m;
+  m = (h.use_momentum & moves) ? m_new : m;
   theta = moves ? theta_new : theta;
 }
 
