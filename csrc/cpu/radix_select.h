@@ -17,6 +17,23 @@ constexpr int kLanes = 4;                            // interleaved sub-histogra
 // Chunk length of the parallel passes: at least kSelectChunk, at most 256 chunks' histograms.
 inline int64_t select_chunk(int64_t n) { return std::max(kSelectChunk, (n + 255) / 256); }
 
+// The first digit's shift: the most significant kRadixBits of the key.
+template <typename Key> constexpr int first_shift() { return int(sizeof(Key) * 8) - kRadixBits; }
+
+// Adds the counts of the digit at shift s of keys[begin, end) to h (kRadixBuckets counters), using
+// kLanes interleaved sub-histograms: scores crowd into few buckets, and increments of one counter
+// would otherwise wait on each other.
+template <typename Key> void count_digits(const Key* keys, int64_t begin, int64_t end, int s, int64_t* h) {
+  std::vector<uint32_t> lanes(kLanes * kRadixBuckets, 0u);  // a chunk holds < 2^32 keys
+  const auto digit = [s](Key key) { return int64_t((key >> s) & Key(kRadixBuckets - 1)); };
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) ++lanes[l * kRadixBuckets + digit(keys[i + l])];
+  for (; i < end; ++i) ++lanes[digit(keys[i])];
+  for (int64_t b = 0; b < kRadixBuckets; ++b)
+    for (int l = 0; l < kLanes; ++l) h[b] += lanes[l * kRadixBuckets + b];
+}
+
 // Scratch memory of the select, kept across calls: fresh large allocations are page-faulted anew on
 // every step, which costs more than the select itself.
 template <typename Key> struct SelectScratch {
@@ -26,36 +43,28 @@ template <typename Key> struct SelectScratch {
 
 // Returns the key of 0-based rank k (0 <= k < n) among keys[0..n); the keys are not modified.
 // ParallelFor: callable as pfor(begin, end, fn) running fn(b, e) over disjoint sub-ranges.
+// first_counted: scratch.hist already holds the first digit's per-chunk counts over the chunks of
+// select_chunk(n) (the CPU step counts them while it writes the keys, saving a pass).
 template <typename Key, typename ParallelFor>
-Key radix_select(const Key* keys, int64_t n, int64_t k, SelectScratch<Key>& scratch, ParallelFor&& pfor) {
-  constexpr int key_bits = int(sizeof(Key) * 8);
+Key radix_select(const Key* keys, int64_t n, int64_t k, SelectScratch<Key>& scratch, ParallelFor&& pfor,
+                 bool first_counted = false) {
   const Key* src = keys;
   Key prefix = 0;
   int next = 0;  // the buffer the next compaction writes; src is never it
-  for (int shift = key_bits - kRadixBits;; shift -= kRadixBits) {
+  for (int shift = first_shift<Key>();; shift -= kRadixBits) {
     const int s = std::max(shift, 0);  // the last digit may overlap the previous one: harmless
     const auto digit = [s](Key key) { return int64_t((key >> s) & Key(kRadixBuckets - 1)); };
     const int64_t len = select_chunk(n);
     const int64_t chunks = (n + len - 1) / len;
-    // Per-chunk histograms over a fixed partition, so the compaction knows each chunk's offset. Each
-    // chunk counts into kLanes interleaved sub-histograms: scores crowd into few buckets, and
-    // increments of one counter would otherwise wait on each other.
+    // Per-chunk histograms over a fixed partition, so the compaction knows each chunk's offset.
     std::vector<int64_t>& hist = scratch.hist;
-    hist.assign(static_cast<size_t>(chunks * kRadixBuckets), 0);
-    pfor(0, chunks, [&](int64_t cb, int64_t ce) {
-      std::vector<uint32_t> lanes(kLanes * kRadixBuckets);
-      for (int64_t c = cb; c < ce; ++c) {
-        std::fill(lanes.begin(), lanes.end(), 0u);
-        const int64_t begin = c * len, end = std::min(n, (c + 1) * len);
-        int64_t i = begin;
-        for (; i + kLanes <= end; i += kLanes)
-          for (int l = 0; l < kLanes; ++l) ++lanes[l * kRadixBuckets + digit(src[i + l])];
-        for (; i < end; ++i) ++lanes[digit(src[i])];
-        int64_t* h = hist.data() + c * kRadixBuckets;
-        for (int64_t b = 0; b < kRadixBuckets; ++b)
-          for (int l = 0; l < kLanes; ++l) h[b] += lanes[l * kRadixBuckets + b];
-      }
-    });
+    if (!first_counted || shift != first_shift<Key>()) {
+      hist.assign(static_cast<size_t>(chunks * kRadixBuckets), 0);
+      pfor(0, chunks, [&](int64_t cb, int64_t ce) {
+        for (int64_t c = cb; c < ce; ++c)
+          count_digits(src, c * len, std::min(n, (c + 1) * len), s, hist.data() + c * kRadixBuckets);
+      });
+    }
     std::vector<int64_t>& total = scratch.total;
     total.assign(kRadixBuckets, 0);
     for (int64_t c = 0; c < chunks; ++c)

@@ -3,6 +3,7 @@
 // and the kept count. Storage types for float16/bfloat16 come from the caller (c10::Half, ...).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
@@ -78,12 +79,20 @@ int64_t step_tensor(const TensorSlot& slot, const StepOptions& o,
     const T* nat = static_cast<const T*>(slot.nat);
     const T* adv = static_cast<const T*>(slot.adv);
     const ScoreCoeffs<A> c(o.alpha);
-    pfor(0, n, kElementGrain, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[i] = order_key(score(A(nat[i]), A(adv[i]), c, o.score));
+    // Keys and the select's first histogram in one pass over the select's chunks: each chunk's keys
+    // are counted while still in cache.
+    const int64_t len = select_chunk(n), chunks = (n + len - 1) / len;
+    ws.select.hist.assign(static_cast<size_t>(chunks * kRadixBuckets), 0);
+    pfor(0, chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t ch = cb; ch < ce; ++ch) {
+        const int64_t begin = ch * len, end = std::min(n, begin + len);
+        for (int64_t i = begin; i < end; ++i) out[i] = order_key(score(A(nat[i]), A(adv[i]), c, o.score));
+        count_digits(out, begin, end, first_shift<K>(), ws.select.hist.data() + ch * kRadixBuckets);
+      }
     });
     keys = out;
     const auto chunk_pfor = [&](int64_t b, int64_t e, const auto& fn) { pfor(b, e, 1, fn); };
-    threshold = radix_select(keys, n, slot.k, ws.select, chunk_pfor);
+    threshold = radix_select(keys, n, slot.k, ws.select, chunk_pfor, /*first_counted=*/true);
   }
 
   const SgdHyper<A> h = sgd_hyper<A>(o);
