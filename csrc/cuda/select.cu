@@ -1,0 +1,210 @@
+// Exact per-tensor thresholds on the device: an MSD radix select over the scores' order keys,
+// computed on the fly from nat_grads and adv_grads (only the candidates' keys are ever stored).
+//   first_digit: one read of the score inputs histograms the 12-bit first digit of every tensor;
+//                tensors of one chunk are selected completely inside their block instead.
+//   compact:     a second read keeps the keys whose first digit is the chosen one (candidates) and
+//                histograms their second digit.
+//   refine:      one launch per later digit, over the candidates only.
+// Each launch covers all tensors of the key width; the block finishing a tensor's last chunk picks
+// that tensor's digit (radix_block.cuh), so no pass waits on the host.
+#include <cub/block/block_scan.cuh>
+
+#include <algorithm>
+
+#include "cuda/radix_block.cuh"
+
+namespace cure::cuda {
+namespace {
+
+// Histograms digit d of the score keys in [begin, end) whose higher digits equal those of prefix.
+template <typename K, typename T>
+__device__ void hist_scores(const DevSlot& s, int64_t begin, int64_t end, int d, uint64_t prefix, double alpha,
+                            ScoreMode mode, unsigned int* hist) {
+  using D = Digits<K>;
+  constexpr int V = kVec<T>;
+  const ScoreCoeffs<typename Acc<T>::type> c(alpha);
+  const T* nat = static_cast<const T*>(s.nat);
+  const T* adv = static_cast<const T*>(s.adv);
+  const int shift = D::shift(d);
+  const int high = d > 0 ? D::shift(d - 1) : 0;  // used only when d > 0
+  const K want = d > 0 ? K(prefix >> high) : K(0);
+  const K mask = K(D::bins(d) - 1);
+  const auto count = [&](T x, T y) {
+    const K key = score_key(x, y, c, mode);
+    if (d == 0 || (key >> high) == want) atomicAdd(hist + ((key >> shift) & mask), 1u);
+  };
+  const int64_t vend = vector_end<T>(begin, end, (s.flags & kAligned16) != 0);
+  for (int64_t i = begin + int64_t(threadIdx.x) * V; i < vend; i += int64_t(kBlock) * V) {
+    const Pack<T> x = load_pack(nat + i), y = load_pack(adv + i);
+#pragma unroll
+    for (int j = 0; j < V; ++j) count(x.v[j], y.v[j]);
+  }
+  for (int64_t i = vend + threadIdx.x; i < end; i += kBlock) count(nat[i], adv[i]);
+}
+
+// A tensor of one chunk, all digits inside this block; its inputs stay in L2 between digits.
+template <typename K, typename T>
+__device__ void select_in_block(const SelectArgs<K>& a, const DevSlot& s, int32_t slot, SelectShared<K>& sh) {
+  using D = Digits<K>;
+  uint64_t prefix = 0, rank = uint64_t(s.k);
+  for (int d = 0; d < D::kCount; ++d) {
+    zero_hist(sh.hist, D::bins(d));
+    hist_scores<K, T>(s, 0, s.n, d, prefix, a.alpha, a.mode, sh.hist);
+    __syncthreads();
+    const unsigned int* hist = sh.hist;
+    const BinPick pick = find_bin<K>([hist](int b) { return hist[b]; }, D::bins(d), rank, sh);
+    prefix |= uint64_t(pick.bin) << D::shift(d);
+    rank -= pick.below;
+  }
+  if (threadIdx.x == 0) a.thresholds[slot] = prefix;
+}
+
+template <typename K>
+__global__ void __launch_bounds__(kBlock) first_digit_kernel(const SelectArgs<K> a) {
+  using D = Digits<K>;
+  __shared__ SelectShared<K> sh;
+  for (int64_t c = blockIdx.x; c < a.all_chunks; c += gridDim.x) {
+    const Work w = locate(a.all, a.all_count, c);
+    const DevSlot s = a.slots[w.slot];
+    dispatch_keyed<K>(s.dtype, [&](auto type) {
+      using T = typename decltype(type)::type;
+      if (s.multi < 0) {
+        select_in_block<K, T>(a, s, w.slot, sh);
+        return;
+      }
+      const int64_t begin = w.chunk * kChunk, end = min64(s.n, begin + kChunk);
+      zero_hist(sh.hist, D::bins(0));
+      hist_scores<K, T>(s, begin, end, 0, 0, a.alpha, a.mode, sh.hist);
+      flush_hist(sh.hist, D::bins(0), a.hist + size_t(s.multi) * D::total_bins() + D::hist_base(0));
+      finish_pass(a, 0, w.slot, s.multi, chunk_count(s.n), SelectState{0, s.k}, sh);
+    });
+  }
+}
+
+// Appends the chunk's keys with the chosen first digit to the tensor's candidates and histograms
+// their second digit. Per step the block scans its match counts and reserves room with one atomic.
+template <typename K, typename T>
+__device__ void compact_chunk(const SelectArgs<K>& a, const DevSlot& s, int64_t begin, int64_t end,
+                              const SelectState& st, SelectShared<K>& sh) {
+  using D = Digits<K>;
+  constexpr int V = kVec<T>;
+  const ScoreCoeffs<typename Acc<T>::type> c(a.alpha);
+  const T* nat = static_cast<const T*>(s.nat);
+  const T* adv = static_cast<const T*>(s.adv);
+  const int high = D::shift(0), shift = D::shift(1);
+  const K want = K(st.prefix >> high), mask = K(D::bins(1) - 1);
+  K* out = a.cand + s.cand_offset;
+  unsigned long long* count = a.count + s.multi;
+  // One block-wide step over this thread's cnt keys; every thread joins every step.
+  const auto step = [&](const K (&keys)[V], int cnt) {
+    unsigned int take = 0;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if (j < cnt && (keys[j] >> high) == want) {
+        take |= 1u << j;
+        atomicAdd(sh.hist + ((keys[j] >> shift) & mask), 1u);
+      }
+    }
+    int offset, total;
+    cub::BlockScan<int, kBlock>(sh.temp.scan32).ExclusiveSum(__popc(take), offset, total);
+    if (threadIdx.x == 0 && total > 0) sh.base = atomicAdd(count, static_cast<unsigned long long>(total));
+    __syncthreads();
+    K* dst = out + sh.base + offset;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if (take >> j & 1u) *dst++ = keys[j];
+    }
+    __syncthreads();  // sh.base and sh.temp free for the next step
+  };
+  zero_hist(sh.hist, D::bins(1));
+  const int64_t vend = vector_end<T>(begin, end, (s.flags & kAligned16) != 0);
+  for (int64_t base = begin; base < vend; base += int64_t(kBlock) * V) {
+    const int64_t i = base + int64_t(threadIdx.x) * V;
+    K keys[V];
+    const int cnt = i < vend ? V : 0;
+    if (cnt > 0) {
+      const Pack<T> x = load_pack(nat + i), y = load_pack(adv + i);
+#pragma unroll
+      for (int j = 0; j < V; ++j) keys[j] = score_key(x.v[j], y.v[j], c, a.mode);
+    }
+    step(keys, cnt);
+  }
+  for (int64_t base = vend; base < end; base += kBlock) {
+    const int64_t i = base + threadIdx.x;
+    K keys[V];
+    const int cnt = i < end ? 1 : 0;
+    if (cnt > 0) keys[0] = score_key(nat[i], adv[i], c, a.mode);
+    step(keys, cnt);
+  }
+}
+
+template <typename K>
+__global__ void __launch_bounds__(kBlock) compact_kernel(const SelectArgs<K> a) {
+  using D = Digits<K>;
+  __shared__ SelectShared<K> sh;
+  for (int64_t c = blockIdx.x; c < a.multi_chunks; c += gridDim.x) {
+    const Work w = locate(a.multi, a.multi_count, c);
+    const DevSlot s = a.slots[w.slot];
+    const SelectState st = a.state[s.multi];
+    const int64_t begin = w.chunk * kChunk, end = min64(s.n, begin + kChunk);
+    dispatch_keyed<K>(s.dtype, [&](auto type) {
+      compact_chunk<K, typename decltype(type)::type>(a, s, begin, end, st, sh);
+    });
+    flush_hist(sh.hist, D::bins(1), a.hist + size_t(s.multi) * D::total_bins() + D::hist_base(1));
+    finish_pass(a, 1, w.slot, s.multi, chunk_count(s.n), st, sh);
+  }
+}
+
+// Digit d >= 2 over the tensor's candidates, cut into the tensor's chunks (the candidate buffer has
+// room for n keys); chunks past the candidate count only report their arrival.
+template <typename K>
+__global__ void __launch_bounds__(kBlock) refine_kernel(const SelectArgs<K> a, int d) {
+  using D = Digits<K>;
+  constexpr int V = kVec<K>;
+  __shared__ SelectShared<K> sh;
+  const int high = D::shift(d - 1), shift = D::shift(d);
+  const K mask = K(D::bins(d) - 1);
+  for (int64_t c = blockIdx.x; c < a.multi_chunks; c += gridDim.x) {
+    const Work w = locate(a.multi, a.multi_count, c);
+    const DevSlot s = a.slots[w.slot];
+    const SelectState st = a.state[s.multi];
+    const K want = K(st.prefix >> high);
+    const K* keys = a.cand + s.cand_offset;  // 16-byte aligned (plan.cu)
+    const int64_t begin = w.chunk * kChunk;
+    const int64_t end = min64(int64_t(a.count[s.multi]), begin + kChunk);
+    if (begin < end) {
+      zero_hist(sh.hist, D::bins(d));
+      const auto count = [&](K key) {
+        if ((key >> high) == want) atomicAdd(sh.hist + ((key >> shift) & mask), 1u);
+      };
+      const int64_t vend = vector_end<K>(begin, end, true);
+      for (int64_t i = begin + int64_t(threadIdx.x) * V; i < vend; i += int64_t(kBlock) * V) {
+        const Pack<K> k = load_pack(keys + i);
+#pragma unroll
+        for (int j = 0; j < V; ++j) count(k.v[j]);
+      }
+      for (int64_t i = vend + threadIdx.x; i < end; i += kBlock) count(keys[i]);
+      flush_hist(sh.hist, D::bins(d), a.hist + size_t(s.multi) * D::total_bins() + D::hist_base(d));
+    }
+    finish_pass(a, d, w.slot, s.multi, chunk_count(s.n), st, sh);
+  }
+}
+
+int grid_for(int64_t chunks, int max_grid) { return int(std::min<int64_t>(chunks, max_grid)); }
+
+}  // namespace
+
+template <typename K>
+void launch_select(const SelectArgs<K>& a, int max_grid, cudaStream_t stream) {
+  if (a.all_count == 0) return;
+  first_digit_kernel<K><<<grid_for(a.all_chunks, max_grid), kBlock, 0, stream>>>(a);
+  if (a.multi_count == 0) return;
+  const int grid = grid_for(a.multi_chunks, max_grid);
+  compact_kernel<K><<<grid, kBlock, 0, stream>>>(a);
+  for (int d = 2; d < Digits<K>::kCount; ++d) refine_kernel<K><<<grid, kBlock, 0, stream>>>(a, d);
+}
+
+template void launch_select<uint32_t>(const SelectArgs<uint32_t>&, int, cudaStream_t);
+template void launch_select<uint64_t>(const SelectArgs<uint64_t>&, int, cudaStream_t);
+
+}  // namespace cure::cuda
