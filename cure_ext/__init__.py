@@ -5,5 +5,6 @@ from . import _C  # noqa: F401  (registers torch.ops.cure_ext.selective_step and
 from . import reference
 from .ops import selective_step
 from .optim import CURESGD
+from .train.checkpoint import load_checkpoint
 
-__all__ = ["selective_step", "reference", "CURESGD"]
+__all__ = ["selective_step", "reference", "CURESGD", "load_checkpoint"]

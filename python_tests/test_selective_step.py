@@ -213,3 +213,15 @@ def test_float64_scores_are_exact_in_double():
     adv = torch.zeros(3, dtype=torch.float64)
     assert fused_mask([nat], [adv], alpha=1.0, percentile=0.34)[0].tolist() == [False, True, True]
     assert fused_mask([nat], [adv], alpha=1.0, percentile=0.67)[0].tolist() == [False, True, False]
+
+
+def test_resnet18_shapes_against_reference(device):
+    """A model-sized call: the 62 parameter tensors (11.2M entries) of ResNet-18."""
+    from cure_ext.train.models import MODELS
+    with torch.device("meta"):
+        shapes = [tuple(p.shape) for p in MODELS["resnet18"](10, 3).parameters()]
+    assert len(shapes) == 62 and sum(math.prod(s) for s in shapes) == 11_173_962
+    seed = new_seed()
+    case = make_case(shapes, torch.float32, device, seed)
+    check_against_reference(case, seed, lr=0.1, momentum=0.9, weight_decay=5e-4, percentile=0.3, alpha=0.1,
+                            revise=True)

@@ -1,0 +1,250 @@
+"""Command-line tools: `cure-train` (also `python -m cure_ext.train`), `cure-eval`, `cure-compare`.
+
+Errors in the user's input (options, data, checkpoints) are printed as one paragraph with exit status 2,
+without a traceback, and never after overwriting an existing file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from fractions import Fraction
+from typing import Callable, Optional, Sequence
+
+from .checkpoint import load_checkpoint, read_checkpoint
+from .compare import ABLATIONS, compare_table, run_compare
+from .config import METHODS, PRESETS, SELECT_POLICIES, TrainConfig, make_config
+from .data import LOADERS, load_dataset
+from .errors import ConfigError, UserError
+from .evaluate import autoattack_available, evaluate
+from .loop import cpu_threads, resolve_device, train
+from .models import MODELS
+from .report import recipes_table, results_table, write_json_atomic
+
+
+def number(text: str) -> float:
+    """A float, also written as a fraction such as 8/255."""
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def stage_list(text: str) -> tuple:
+    try:
+        stages = tuple(int(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected residual stage numbers such as 2,3, got {text!r}") from None
+    return stages
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by cure-train and cure-compare; all default to None (= not given), so that the
+    recipe and the derived defaults of config.make_config apply."""
+    a = p.add_argument
+    a("--recipe", help="named paper setting (see --list-recipes); default: the dataset's own")
+    a("--preset", choices=list(PRESETS), help="CURE as in the paper (default) or as in the authors' code")
+    a("--dataset", choices=list(LOADERS), help="default digits (embedded)")
+    a("--data-dir", help="folder with the data set's files (fashion-mnist default: /usr/share/datasets/"
+                         "fashion-mnist; others: ./data)")
+    a("--model", choices=list(MODELS))
+    a("--pretrain-epochs", type=int, help="natural pre-training epochs before the adversarial phase")
+    a("--epochs", type=int, help="epochs of the method's phase (cure-eff: warm-up included)")
+    a("--warmup-epochs", type=int, help="cure-eff: natural epochs at the start of --epochs (default 40%%)")
+    a("--batch-size", type=int)
+    a("--lr", type=number, help="learning rate of the method's phase (default 0.1)")
+    a("--pretrain-lr", type=number, help="learning rate of natural pre-training / warm-up (default --lr)")
+    a("--momentum", type=number)
+    a("--weight-decay", type=number)
+    a("--lr-schedule", choices=["multistep", "cosine", "constant"], help="per phase (default multistep)")
+    a("--lr-milestones", type=number, nargs="+", help="multistep: fractions of the phase (default 0.5 0.75)")
+    a("--lr-gamma", type=number, help="multistep decay factor (default 0.1)")
+    a("--eps", type=number, help="ℓ∞ radius, e.g. 8/255 (digits default 0.2, Fashion-MNIST 0.1)")
+    a("--attack-steps", type=int, help="training attack steps (default 10)")
+    a("--attack-step-size", type=number, help="training attack step (default eps/4)")
+    a("--eval-steps", type=int, help="PGD / CW evaluation steps (default 20)")
+    a("--eval-step-size", type=number, help="evaluation attack step (default eps/4 = 2/255 at 8/255)")
+    a("--eval-every", type=int, help="evaluate clean + PGD accuracy every N epochs (default 1)")
+    a("--eval-limit", type=int, help="test examples of the per-epoch evaluation (final: all)")
+    a("--train-limit", type=int, help="train on the first N training examples only")
+    a("--test-limit", type=int, help="evaluate on the first N test examples only (cure-eval --limit N matches)")
+    a("--eval-batch-size", type=int)
+    a("--percentile", type=number, help="fraction p of each selective tensor conserved per step")
+    a("--alpha", type=number, help="weight of the natural gradient in the score")
+    a("--beta", type=number, help="weight of the KL term, TRADES and CURE (preset paper 1, official 5)")
+    a("--gamma", type=number, help="weight of the revision consistency term")
+    a("--score", choices=["abs", "signed"], help="score form (default from --preset)")
+    a("--select", choices=list(SELECT_POLICIES), help="which tensors are selective (default from --preset)")
+    a("--conserve", choices=["grad", "freeze"], help="grad: zero the gradient (default); freeze: no change at all")
+    a("--revision-rate", type=number, help="probability of a revision per step (default 0.2)")
+    a("--revision-decay", type=number, help="EMA decay of the revision model (default 0.999)")
+    a("--revision-schedule", choices=["constant", "linear"], help="linear: revision rate decays to 0")
+    a("--update-blocks", type=stage_list, help="train only these residual stages, e.g. 2,3 (rest frozen)")
+    a("--reinit-blocks", action="store_true", default=None, help="re-initialise the --update-blocks stages")
+    a("--init-checkpoint", help="start the adversarial phase from this model (skips pre-training)")
+    a("--device", help="cpu, cuda or auto (default)")
+    a("--threads", type=int, help="CPU threads (default: 1 for the small cnn, else PyTorch's default)")
+    a("--bf16", action="store_true", default=None, help="CUDA: bfloat16 autocast for attacks and forwards")
+    a("--autoattack", action="store_true", default=None, help="also run AutoAttack (needs `autoattack`)")
+    a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def _config_options(args: argparse.Namespace) -> dict:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in fields and v is not None}
+
+
+def _guard(prog: str, body: Callable[[], int]) -> int:
+    try:
+        return body()
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (a cure-train run continues with --resume --out DIR)", file=sys.stderr)
+        return 130
+
+
+def _check_autoattack(wanted: Optional[bool]) -> None:
+    if wanted and not autoattack_available():
+        raise ConfigError("--autoattack needs the `autoattack` package (fra31/auto-attack), which is not installed")
+
+
+# ---- cure-train -----------------------------------------------------------------------------------------
+
+def train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cure-train", description=(
+        "Train a model with CURE or a baseline. With no options: the main job, CURE (paper preset) on the "
+        "embedded digits data, natural pre-training included, then the evaluation table."))
+    p.add_argument("--method", choices=list(METHODS), help="default cure")
+    p.add_argument("--seed", type=int, help="fixes data order, init, attacks and revision draws (default 0)")
+    _add_training_options(p)
+    p.add_argument("--out", help="output folder (default runs/<method>-<dataset>-seed<k>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--list-recipes", action="store_true", help="print the named recipes and exit")
+    return p
+
+
+# Options a resumed run may change: where it runs, not what it computes.
+RUNTIME_OPTIONS = ("device", "threads")
+
+
+def _resume_config(out: Optional[str], options: dict) -> TrainConfig:
+    if not out:
+        raise ConfigError("--resume needs --out, the folder of the run to continue")
+    cfg = TrainConfig.from_dict(read_checkpoint(os.path.join(out, "last.pt"))["config"])
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k not in RUNTIME_OPTIONS}
+    differing = sorted(k for k, v in given.items() if getattr(cfg, k) != v)
+    if differing:
+        raise ConfigError("--resume continues the stored configuration; these options differ from it: "
+                          + ", ".join(f"--{k.replace('_', '-')}" for k in differing))
+    for key in RUNTIME_OPTIONS:
+        if key in options:
+            setattr(cfg, key, options[key])
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    options = _config_options(args)
+    if args.resume:
+        cfg, out = _resume_config(args.out, options), args.out
+    else:
+        cfg = make_config(**options)
+        out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.dataset}-seed{cfg.seed}-"
+                                               f"{time.strftime('%Y%m%d-%H%M%S')}")
+        if any(os.path.exists(os.path.join(out, f)) for f in ("last.pt", "metrics.json")):
+            raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    _check_autoattack(cfg.autoattack)
+    began = time.perf_counter()
+    metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
+    final, best = metrics["final"], metrics["best"]
+    print(results_table([(f"last (epoch {final['epoch']})", final), (f"best (epoch {best['epoch']})", best)]))
+    print(f"outputs in {out} ({time.perf_counter() - began:.0f} s)")
+    return 0
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = train_parser().parse_args(argv)
+    if args.list_recipes:
+        print(recipes_table())
+        return 0
+    return _guard("cure-train", lambda: _train(args))
+
+
+# ---- cure-eval ------------------------------------------------------------------------------------------
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cure-eval", description=(
+        "Evaluate a saved model (best.pt or last.pt of a run): clean, PGD-20, CW∞-20, NRR, SUM on the test set "
+        "of the data set it was trained on."))
+    p.add_argument("checkpoint")
+    p.add_argument("--data-dir", help="folder of the data set (default: the one the run used)")
+    p.add_argument("--eps", type=number, help="ℓ∞ radius (default: the run's)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--step-size", type=number, help="default eps/4")
+    p.add_argument("--limit", type=int, help="first N test examples only")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads (default: 1 for the small cnn, else PyTorch's default)")
+    p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (needs `autoattack`)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be >= 1")
+    _check_autoattack(args.autoattack)
+    model, config = load_checkpoint(args.checkpoint)
+    data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
+    device = resolve_device(args.device)
+    eps = args.eps if args.eps is not None else config["eps"]
+    with cpu_threads(args.threads, config["model"]):
+        result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
+                          steps=args.steps, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                          autoattack=args.autoattack)
+    result["eps"] = eps
+    print(results_table([(os.path.basename(args.checkpoint), result)]))
+    if args.json:
+        write_json_atomic(result, args.json)
+    return 0
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = eval_parser().parse_args(argv)
+    return _guard("cure-eval", lambda: _eval(args))
+
+
+# ---- cure-compare ---------------------------------------------------------------------------------------
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cure-compare", description=(
+        "Standard training, PGD-AT, TRADES and CURE under one protocol (same data, budget, seeds, and the "
+        "same natural pre-training per seed): a table of mean ± std over seeds, CSV, JSON and trade-off plot."))
+    p.add_argument("--methods", nargs="+", choices=list(METHODS) + list(ABLATIONS),
+                   default=["standard", "pgd-at", "trades", "cure"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--ablations", action="store_true",
+                   help="add CURE with score masking only (γ=0, no revision) and with revision only (p=0)")
+    _add_training_options(p)
+    p.add_argument("--out", help="output folder (default runs/compare-<dataset>-<time>)")
+    return p
+
+
+def _compare(args: argparse.Namespace) -> int:
+    options = _config_options(args)
+    dataset = make_config(**options).dataset  # validates the options before any training
+    _check_autoattack(options.get("autoattack"))
+    out = args.out or os.path.join("runs", f"compare-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = run_compare(options, args.methods, args.seeds, out, args.ablations, args.quiet)
+    print(compare_table(result))
+    print(f"outputs in {out}")
+    return 0
+
+
+def compare_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = compare_parser().parse_args(argv)
+    return _guard("cure-compare", lambda: _compare(args))

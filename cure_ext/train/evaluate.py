@@ -1,0 +1,86 @@
+"""Evaluation protocol (SPEC §4): clean accuracy, PGD-20 (CE, uniform random start), CW∞-20 (PGD on the CW
+margin loss), optional AutoAttack, and the trade-off summaries NRR and SUM. Accuracies are in percent.
+
+Each attack draws its random starts from its own generator seeded by the caller, so an evaluation is
+reproducible, never consumes the training run's random streams, and gives a model the same PGD-20 accuracy
+whether or not CW∞ runs beside it (a run's per-epoch and final evaluations agree on the same weights).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from typing import Callable, ContextManager, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .attacks import ce_objective, cw_objective, eval_mode, pgd
+from .data import Dataset, batches
+
+ATTACKS = {"pgd20": ce_objective, "cw": cw_objective}
+ATTACK_LABELS = {"pgd20": "PGD-20", "cw": "CW∞-20", "aa": "AutoAttack"}
+
+
+def nrr(a_nat: float, a_rob: float) -> float:
+    """Natural-Robustness Ratio: the harmonic mean 2·A_nat·A_rob / (A_nat + A_rob)."""
+    return 0.0 if a_nat + a_rob == 0 else 2.0 * a_nat * a_rob / (a_nat + a_rob)
+
+
+def summarize(acc: dict) -> dict:
+    """Adds NRR with CW∞ (the paper's tables), NRR and SUM with the strongest attack run."""
+    out = dict(acc)
+    robust = [acc[f"{k}_acc"] for k in ("pgd20", "cw", "aa") if f"{k}_acc" in acc]
+    if robust:
+        out["robust_acc"] = min(robust)
+        out["nrr"] = nrr(acc["clean_acc"], out["robust_acc"])
+        out["sum"] = acc["clean_acc"] + out["robust_acc"]
+    if "cw_acc" in acc:
+        out["nrr_cw"] = nrr(acc["clean_acc"], acc["cw_acc"])
+    return out
+
+
+def evaluate(model: nn.Module, data: Dataset, eps: float, device: torch.device, *, step_size: float,
+             steps: int = 20, attacks: Sequence[str] = ("pgd20", "cw"), limit: Optional[int] = None,
+             batch_size: int = 256, seed: int = 0, autoattack: bool = False,
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> dict:
+    """Accuracies of `model` on the first `limit` test examples (all by default)."""
+    generators = {name: torch.Generator(device=device).manual_seed(seed + i) for i, name in enumerate(ATTACKS)}
+    correct = {"clean": 0, **{a: 0 for a in attacks}}
+    total = 0
+    with eval_mode(model):
+        for x, y in batches(data.test_x, data.test_y, data.scale, batch_size, device, limit=limit):
+            with torch.no_grad(), autocast():
+                correct["clean"] += int((model(x).argmax(1) == y).sum())
+            for name in attacks:
+                x_adv = pgd(model, x, ATTACKS[name](y), eps, step_size, steps, "uniform", generators[name], autocast)
+                with torch.no_grad(), autocast():
+                    correct[name] += int((model(x_adv).argmax(1) == y).sum())
+            total += len(y)
+    acc = {f"{k}_acc": 100.0 * v / total for k, v in correct.items()}
+    if autoattack:
+        acc["aa_acc"] = autoattack_accuracy(model, data, eps, device, batch_size, limit)
+    acc["n_test"] = total
+    return summarize(acc)
+
+
+def autoattack_accuracy(model: nn.Module, data: Dataset, eps: float, device: torch.device, batch_size: int,
+                        limit: Optional[int]) -> float:
+    """AutoAttack (standard version: APGD-CE, APGD-T, FAB-T, Square) from the `autoattack` package."""
+    from autoattack import AutoAttack
+
+    n = len(data.test_x) if limit is None else min(limit, len(data.test_x))
+    x = data.test_x[:n].float() / data.scale
+    y = data.test_y[:n]
+    with eval_mode(model):
+        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(device), verbose=False)
+        x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), bs=batch_size)
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                xb, yb = x_adv[start:start + batch_size], y[start:start + batch_size].to(device)
+                correct += int((model(xb).argmax(1) == yb).sum())
+    return 100.0 * correct / n
+
+
+def autoattack_available() -> bool:
+    return importlib.util.find_spec("autoattack") is not None

@@ -1,0 +1,300 @@
+"""A training run: its phases, the epoch loop, per-epoch evaluation, checkpoints and outputs.
+
+Phases: natural pre-training (skipped with --init-checkpoint), then the method's phase ("train"); CURE_Eff
+instead runs a natural warm-up and CURE inside its --epochs. Every phase gets a fresh optimizer and lr
+schedule; the revision model is a copy of the weights entering a CURE phase.
+
+Random streams, all seeded from --seed and saved in last.pt: the data generator (order, augmentation), the
+attack generator (random starts of the training attacks), CURESGD's own generator (revision draws), and a
+fresh generator per evaluation (so evaluating never shifts the training streams).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from .. import CURESGD
+from . import plots
+from .checkpoint import (FORMAT, load_init_weights, load_state, model_from_checkpoint, model_spec, read_checkpoint,
+                         save_atomic)
+from .config import TrainConfig
+from .data import batches, load_dataset
+from .errors import CheckpointError, ConfigError
+from .evaluate import evaluate
+from .models import build_model
+from .report import write_csv, write_json_atomic
+from .selection import restrict_to_stages, selective_flags
+from .steps import STEPS, StepSetup
+
+@dataclass
+class Phase:
+    name: str  # pretrain | warmup | train
+    step: str  # key of steps.STEPS
+    epochs: int
+    lr: float
+    span: int  # epochs the lr schedule spans: the phase's own, or CURE_Eff's whole budget
+    offset: int = 0  # where the phase starts inside that span
+
+
+def plan_phases(cfg: TrainConfig) -> list[Phase]:
+    method_step = {"standard": "natural", "pgd-at": "pgd-at", "trades": "trades", "cure": "cure", "cure-eff": "cure"}
+    if cfg.method == "cure-eff":  # one schedule over warm-up and CURE, as one run of train_warmup.py
+        return [Phase("warmup", "natural", cfg.warmup_epochs, cfg.pretrain_lr, cfg.epochs),
+                Phase("train", "cure", cfg.epochs - cfg.warmup_epochs, cfg.lr, cfg.epochs, cfg.warmup_epochs)]
+    pre = [] if cfg.init_checkpoint else [Phase("pretrain", "natural", cfg.pretrain_epochs, cfg.pretrain_lr,
+                                                cfg.pretrain_epochs)]
+    return pre + [Phase("train", method_step[cfg.method], cfg.epochs, cfg.lr, cfg.epochs)]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: Optional[int], model_name: str):
+    """Intra-op CPU threads for the run, restored afterwards. The small cnn runs on one thread: its ops are
+    too small to split, and on shared cores spinning worker threads slow it down by 10x or more."""
+    previous = torch.get_num_threads()
+    wanted = threads or (1 if model_name == "cnn" else previous)
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class LrFactor:
+    """The lr multiplier at a phase's epoch e, i.e. at epoch offset + e of the schedule's span. A plain
+    object (not a lambda) so that LambdaLR's state dict holds it and checkpoints stay loadable."""
+
+    def __init__(self, schedule: str, span: int, offset: int, milestones, gamma: float):
+        self.schedule, self.span, self.offset, self.gamma = schedule, max(1, span), offset, gamma
+        self.milestones = sorted({max(1, round(f * span)) for f in milestones})  # fractions -> epochs
+
+    def __call__(self, epoch: int) -> float:
+        t = self.offset + epoch
+        if self.schedule == "multistep":
+            return self.gamma ** sum(t >= m for m in self.milestones)
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t / self.span))
+        return 1.0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Phase):
+    """Per-epoch lr schedule; multistep milestones are fractions of the span (100 and 150 of 200 epochs)."""
+    factor = LrFactor(cfg.lr_schedule, phase.span, phase.offset, cfg.lr_milestones, cfg.lr_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out_dir: str, quiet: bool = False):
+        self.cfg, self.out, self.quiet = cfg, out_dir, quiet
+        self.device = resolve_device(cfg.device)
+        self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16
+                         else contextlib.nullcontext)
+        self.data = load_dataset(cfg.dataset, cfg.data_dir).limited(cfg.train_limit, cfg.test_limit)
+        self.spec = model_spec(cfg.model, self.data.num_classes, self.data.in_channels)
+        self.model = build_model(cfg.model, self.data.num_classes, self.data.in_channels, cfg.seed)
+        if cfg.init_checkpoint:
+            load_init_weights(self.model, cfg.init_checkpoint)
+        self.model.to(self.device)
+        self.phases = plan_phases(cfg)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.attack_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.records: list[dict] = []
+        self.best: Optional[dict] = None  # {"epoch", "pgd20_acc"} of best.pt
+        self.position = (0, 0)  # (phase index, epochs done in it)
+        self.revision_model = None
+        self._resume_state: Optional[dict] = None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.out, name)
+
+    # ---- resume -------------------------------------------------------------------------------------
+    def load_last(self) -> None:
+        """Continue from last.pt: model, records and random streams now; optimizer, scheduler and revision
+        model when their phase is set up."""
+        ckpt = read_checkpoint(self.path("last.pt"))
+        if ckpt.get("model_spec") != self.spec:
+            raise CheckpointError(f"{self.path('last.pt')} holds a {ckpt.get('model_spec')} model, the run "
+                                  f"needs {self.spec}")
+        load_state(self.model, ckpt["model"], self.path("last.pt"))
+        self.records, self.best = list(ckpt["records"]), ckpt["best"]
+        self.position = (ckpt["position"]["phase"], ckpt["position"]["phase_epoch"])
+        self.data_gen.set_state(ckpt["rng"]["data"])
+        self.attack_gen.set_state(ckpt["rng"]["attack"])
+        self._resume_state = ckpt
+
+    # ---- phases -------------------------------------------------------------------------------------
+    def _setup_phase(self, phase: Phase, resuming: bool):
+        cfg = self.cfg
+        if phase.name == "train" and cfg.update_blocks:
+            restrict_to_stages(self.model, cfg.update_blocks, cfg.reinit_blocks and not resuming, cfg.seed + 3)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        names, params = [n for n, _ in named], [p for _, p in named]
+        self.revision_model, cure = None, {}
+        if phase.step == "cure":
+            rev = copy.deepcopy(self.model).requires_grad_(False).train()
+            if resuming:
+                load_state(rev, self._resume_state["revision_model"], self.path("last.pt"))
+            rev_params = dict(rev.named_parameters())
+            flags = selective_flags(names, cfg.select, self.model.head_name)
+            optimizer = CURESGD(
+                [{"params": params, "selective": flags}], lr=phase.lr, momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay, percentile=cfg.percentile, alpha=cfg.alpha, score=cfg.score,
+                conserve=cfg.conserve, revision_rate=cfg.revision_rate, revision_decay=cfg.revision_decay,
+                revision_params=[rev_params[n] for n in names], seed=cfg.seed + 2)
+            cure = dict(gamma=cfg.gamma, selective=flags, revision_model=rev,
+                        score_loss="kl" if cfg.preset == "official" else "ce")
+            self.revision_model = rev
+        else:
+            optimizer = torch.optim.SGD(params, lr=phase.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        setup = StepSetup(self.model, optimizer, params, self.attack_gen, cfg.eps, cfg.attack_step_size,
+                          cfg.attack_steps, beta=cfg.beta, autocast=self.autocast, **cure)
+        scheduler = make_scheduler(setup.optimizer, cfg, phase)
+        if resuming:
+            try:
+                setup.optimizer.load_state_dict(self._resume_state["optimizer"])
+                scheduler.load_state_dict(self._resume_state["scheduler"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"{self.path('last.pt')}: optimizer state does not fit ({e})") from None
+        return setup, scheduler, names
+
+    def _train_epoch(self, phase: Phase, setup: StepSetup, names: list, phase_epoch: int, label: str) -> dict:
+        cfg, step_fn = self.cfg, STEPS[phase.step]
+        steps = math.ceil(len(self.data.train_x) / cfg.batch_size)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        kept_sum, seen = None, 0
+        bar = tqdm(total=steps, desc=label, disable=self.quiet, leave=False, dynamic_ncols=True)
+        for i, (x, y) in enumerate(batches(self.data.train_x, self.data.train_y, self.data.scale, cfg.batch_size,
+                                           self.device, self.data_gen, self.data.augment)):
+            if phase.step == "cure" and cfg.revision_schedule == "linear":
+                done = (phase_epoch * steps + i) / (phase.epochs * steps)
+                for group in setup.optimizer.param_groups:
+                    group["revision_rate"] = cfg.revision_rate * (1.0 - done)
+            result = step_fn(setup, x, y)
+            loss_sum += result.loss * len(y)
+            correct += (result.logits.argmax(1) == y).sum()
+            seen += len(y)
+            if result.kept is not None:
+                kept_sum = result.kept if kept_sum is None else kept_sum + result.kept
+            bar.update(1)
+            if i % 10 == 9 or i == steps - 1:  # a host sync: not every step
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}")
+        bar.close()
+        stats = {"loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen}
+        if kept_sum is not None and any(setup.selective):
+            kept = kept_sum.cpu().tolist()
+            sizes = [p.numel() * steps for p in setup.params]
+            chosen = [j for j, f in enumerate(setup.selective) if f]
+            stats["tensor_update_fraction"] = {names[j]: kept[j] / sizes[j] for j in chosen}
+            stats["update_fraction"] = sum(kept[j] for j in chosen) / sum(sizes[j] for j in chosen)
+        return stats
+
+    def _evaluate(self, model, final: bool) -> dict:
+        """Per epoch: clean and PGD-20 on the first --eval-limit test examples; final: everything on all.
+        The same attack seeds every time, so that epochs are compared on the same random starts."""
+        cfg = self.cfg
+        return evaluate(model, self.data, cfg.eps, self.device, step_size=cfg.eval_step_size, steps=cfg.eval_steps,
+                        attacks=("pgd20", "cw") if final else ("pgd20",), limit=None if final else cfg.eval_limit,
+                        batch_size=cfg.eval_batch_size, seed=cfg.seed, autoattack=final and cfg.autoattack,
+                        autocast=self.autocast)
+
+    def _checkpoint(self, setup, scheduler, position) -> dict:
+        return {"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
+                "model": self.model.state_dict(),
+                "revision_model": self.revision_model.state_dict() if self.revision_model is not None else None,
+                "optimizer": setup.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "position": {"phase": position[0], "phase_epoch": position[1]},
+                "rng": {"data": self.data_gen.get_state(), "attack": self.attack_gen.get_state()},
+                "records": self.records, "best": self.best}
+
+    def _save_best(self, record: dict) -> None:
+        self.best = {"epoch": record["epoch"], "pgd20_acc": record.get("pgd20_acc")}
+        save_atomic({"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
+                     "model": self.model.state_dict(), "record": record}, self.path("best.pt"))
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        os.makedirs(self.out, exist_ok=True)
+        start_phase, start_epoch = self.position
+        for index, phase in enumerate(self.phases):
+            first = start_epoch if index == start_phase else 0
+            if index < start_phase or first >= phase.epochs:
+                continue
+            setup, scheduler, names = self._setup_phase(phase, resuming=first > 0)
+            for phase_epoch in range(first, phase.epochs):
+                epoch = len(self.records) + 1
+                label = f"{phase.name} {phase_epoch + 1}/{phase.epochs}"
+                began = time.perf_counter()
+                lr = setup.optimizer.param_groups[0]["lr"]
+                stats = self._train_epoch(phase, setup, names, phase_epoch, label)
+                scheduler.step()
+                record = {"epoch": epoch, "phase": phase.name, "step": phase.step, "phase_epoch": phase_epoch + 1,
+                          "lr": lr, **stats}
+                if (phase_epoch + 1) % cfg.eval_every == 0 or phase_epoch + 1 == phase.epochs:
+                    acc = self._evaluate(self.model, final=False)
+                    record.update(clean_acc=acc["clean_acc"], pgd20_acc=acc["pgd20_acc"])
+                record["time_s"] = time.perf_counter() - began
+                self.records.append(record)
+                if phase.name == "train" and "pgd20_acc" in record and (
+                        self.best is None or record["pgd20_acc"] > self.best["pgd20_acc"]):
+                    self._save_best(record)
+                save_atomic(self._checkpoint(setup, scheduler, (index, phase_epoch + 1)), self.path("last.pt"))
+                write_csv(self.records, self.path("log.csv"))
+                self._log_epoch(label, record)
+        return self._finish()
+
+    def _log_epoch(self, label: str, r: dict) -> None:
+        if self.quiet:
+            return
+        parts = [f"epoch {r['epoch']:3d} [{label}] loss {r['loss']:.3f} train {r['train_acc']:.1f}%"]
+        if "clean_acc" in r:
+            parts.append(f"clean {r['clean_acc']:.1f}% PGD-20 {r['pgd20_acc']:.1f}%")
+        if "update_fraction" in r:
+            parts.append(f"updated {100 * r['update_fraction']:.1f}%")
+        parts.append(f"{r['time_s']:.1f}s")
+        tqdm.write(" | ".join(parts))
+
+    def _finish(self) -> dict:
+        began = time.perf_counter()
+        last_epoch = len(self.records)
+        final = {**self._evaluate(self.model, final=True), "epoch": last_epoch}
+        if self.best is None:  # no evaluated epoch in the method's phase: the last model is the best one
+            self._save_best(self.records[-1] if self.records else {"epoch": 0})
+        if self.best["epoch"] == last_epoch:
+            best = dict(final)
+        else:
+            model = model_from_checkpoint(read_checkpoint(self.path("best.pt")), self.path("best.pt"))
+            best = {**self._evaluate(model.to(self.device), final=True), "epoch": self.best["epoch"]}
+        wall = sum(r["time_s"] for r in self.records) + time.perf_counter() - began
+        metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "epochs": self.records,
+                   "wall_time_s": wall, "device": str(self.device), "torch": torch.__version__}
+        write_json_atomic(metrics, self.path("metrics.json"))
+        if self.records:
+            plots.plot_accuracy(self.records, self.path("accuracy.png"))
+            plots.plot_update_fraction(self.records, self.path("update_fraction.png"))
+        return metrics
+
+
+def train(cfg: TrainConfig, out_dir: str, quiet: bool = False, resume: bool = False) -> dict:
+    """Run (or, with resume, continue) a training run into out_dir; returns the metrics written there."""
+    with cpu_threads(cfg.threads, cfg.model):
+        trainer = Trainer(cfg, out_dir, quiet)
+        if resume:
+            trainer.load_last()
+        return trainer.run()

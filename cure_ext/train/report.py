@@ -1,0 +1,72 @@
+"""Run outputs in text form: the per-epoch CSV log, metrics.json and the printed tables."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Sequence
+
+from .config import make_config
+from .recipes import list_recipes
+
+# Columns of the result tables: (metrics key, heading). NRR uses CW∞ as in the paper's tables; SUM uses the
+# strongest attack run (AutoAttack when it ran, as in the paper's Table 8).
+TABLE_COLUMNS = [("clean_acc", "clean"), ("pgd20_acc", "PGD-20"), ("cw_acc", "CW∞-20"), ("aa_acc", "AA"),
+                 ("nrr_cw", "NRR"), ("sum", "SUM")]
+CSV_FIELDS = ["epoch", "phase", "step", "phase_epoch", "lr", "loss", "train_acc", "clean_acc", "pgd20_acc",
+              "update_fraction", "time_s"]
+
+
+def write_json_atomic(obj, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_csv(records: Sequence[dict], path: str) -> None:
+    """The per-epoch log, rewritten whole after each epoch (so a resumed run's log has no duplicates)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in CSV_FIELDS})
+    os.replace(tmp, path)
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def results_table(named: Sequence[tuple[str, dict]]) -> str:
+    """One row per (label, metrics) pair, accuracies in percent; AA only when some row has it."""
+    cols = [(k, h) for k, h in TABLE_COLUMNS if any(k in m for _, m in named)]
+    rows = [[label] + [f"{m[k]:.2f}" if k in m else "–" for k, _ in cols] for label, m in named]
+    return format_table(["model"] + [h for _, h in cols], rows)
+
+
+def recipes_table() -> str:
+    """Markdown table of the named recipes, resolved as cure-train resolves them, beside CURE's published
+    numbers for the setting (– where the paper gives none)."""
+    published = ["clean", "pgd20", "cw", "aa", "nrr_cw"]
+    lines = ["| recipe | data | model | method | p | α | γ | β | ε | train attack | lr, schedule | epochs "
+             "| Nat | PGD-20 | C&W | AA | NRR | source |", "|" + "---|" * 18]
+    for r in list_recipes():
+        c = make_config(recipe=r.name)
+        small = c.dataset in ("digits", "fashion-mnist")
+        eps = f"{c.eps:g}" if small else f"{c.eps * 255:.0f}/255"
+        step = f"{c.attack_step_size:g}" if small else f"{c.attack_step_size * 255:.0f}/255"
+        schedule = {"multistep": "×{:g} at {}".format(c.lr_gamma, ", ".join(f"{m:.0%}" for m in c.lr_milestones)),
+                    "cosine": "cosine", "constant": "constant"}[c.lr_schedule]
+        epochs = (f"{c.warmup_epochs} natural + {c.epochs - c.warmup_epochs} CURE" if c.method == "cure-eff"
+                  else f"{c.pretrain_epochs} natural + {c.epochs} CURE")
+        nums = " | ".join(f"{r.published[k]:.2f}" if k in r.published else "–" for k in published)
+        lines.append(f"| `{r.name}` | {c.dataset} | {c.model} | {c.method} | {c.percentile:g} | {c.alpha:g} | "
+                     f"{c.gamma:g} | {c.beta:g} | {eps} | PGD-{c.attack_steps}, step {step} | {c.lr:g}, {schedule} | "
+                     f"{epochs} | {nums} | {r.published.get('source', 'ours (not in the paper)')} |")
+    return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""End-to-end: cure-train / cure-eval / cure-compare on digits with a tiny budget."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cure_ext.train import cli, compare, loop
+from cure_ext.train.checkpoint import load_checkpoint
+
+TINY = ["--pretrain-epochs", "1", "--epochs", "2", "--attack-steps", "2", "--quiet"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def without_times(metrics):
+    """The metrics minus wall-clock fields, which no two runs share."""
+    return {**metrics, "wall_time_s": None,
+            "epochs": [{k: v for k, v in r.items() if k != "time_s"} for r in metrics["epochs"]]}
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cure") / "run")
+    assert cli.train_main(TINY + ["--out", out]) == 0
+    return out
+
+
+def test_a_run_writes_its_outputs(run_dir):
+    for name in ("metrics.json", "last.pt", "best.pt", "log.csv", "accuracy.png", "update_fraction.png"):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
+    assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
+    m = read_metrics(run_dir)
+    for key in ("clean_acc", "pgd20_acc", "cw_acc", "nrr_cw", "sum"):
+        assert 0 <= m["final"][key] <= 200
+    assert m["final"]["nrr_cw"] == pytest.approx(
+        2 * m["final"]["clean_acc"] * m["final"]["cw_acc"] / (m["final"]["clean_acc"] + m["final"]["cw_acc"]))
+    assert m["config"]["method"] == "cure" and m["config"]["preset"] == "paper" and m["config"]["beta"] == 1.0
+    assert m["config"]["eps"] == 0.2 and m["config"]["dataset"] == "digits"
+    assert [r["phase"] for r in m["epochs"]] == ["pretrain", "train", "train"]
+    cure_epochs = [r for r in m["epochs"] if r["phase"] == "train"]
+    for r in cure_epochs:
+        assert 0.69 < r["update_fraction"] < 0.72  # p = 0.3 conserved per tensor
+        assert "linear.weight" not in r["tensor_update_fraction"]
+        assert "layer1.0.conv1.weight" in r["tensor_update_fraction"]
+    # Per-epoch and final evaluations use the same attack seeds: on the same weights they agree.
+    by_epoch = {r["epoch"]: r for r in m["epochs"]}
+    assert m["final"]["pgd20_acc"] == by_epoch[3]["pgd20_acc"] and m["final"]["clean_acc"] == by_epoch[3]["clean_acc"]
+    assert m["best"]["epoch"] in (2, 3)
+    best_pgd = max(r["pgd20_acc"] for r in cure_epochs)
+    assert m["best"]["pgd20_acc"] == by_epoch[m["best"]["epoch"]]["pgd20_acc"] == best_pgd
+    with open(os.path.join(run_dir, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and rows[1]["phase"] == "train" and float(rows[2]["pgd20_acc"]) >= 0
+
+
+def digits_test_set():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    _, x, _, y = train_test_split((d.images / 16).astype(np.float32), d.target, test_size=0.2, random_state=0,
+                                  stratify=d.target)
+    return torch.from_numpy(x)[:, None], torch.from_numpy(y)
+
+
+def independent_pgd(model, x, y, eps, step, steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    x_adv = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x_adv), y), x_adv)
+        x_adv = torch.min(torch.max(x_adv.detach() + step * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv
+
+
+def test_load_checkpoint_reproduces_the_recorded_accuracy(run_dir):
+    model, config = load_checkpoint(os.path.join(run_dir, "last.pt"))
+    assert not model.training and config["dataset"] == "digits"
+    x, y = digits_test_set()
+    final = read_metrics(run_dir)["final"]
+    with torch.no_grad():
+        clean = 100.0 * int((model(x).argmax(1) == y).sum()) / len(y)
+    assert clean == pytest.approx(final["clean_acc"], abs=1e-9)
+    eps = config["eps"]
+    with loop.cpu_threads(None, "cnn"):
+        robust = [100.0 * int((model(independent_pgd(model, x, y, eps, eps / 4, 20, s)).argmax(1) == y).sum())
+                  / len(y) for s in range(3)]
+    # Random starts differ from the trainer's; PGD-20 accuracy moves by a few examples of 360 between starts.
+    assert abs(np.mean(robust) - final["pgd20_acc"]) < 2.5, (robust, final["pgd20_acc"])
+    best_model, best_config = load_checkpoint(os.path.join(run_dir, "best.pt"))
+    assert best_config == config and not best_model.training
+
+
+def test_same_seed_same_metrics(run_dir, tmp_path):
+    out = str(tmp_path / "again")
+    assert cli.train_main(TINY + ["--out", out]) == 0
+    assert without_times(read_metrics(out)) == without_times(read_metrics(run_dir))
+
+
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(run_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "killed")
+    real = loop.Trainer._train_epoch
+    calls = []
+
+    def dies_in_the_second_cure_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Trainer, "_train_epoch", dies_in_the_second_cure_epoch)
+    assert cli.train_main(TINY + ["--out", out]) == 130
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
+    monkeypatch.setattr(loop.Trainer, "_train_epoch", real)
+    assert cli.train_main(["--resume", "--out", out, "--quiet"]) == 0
+    assert without_times(read_metrics(out)) == without_times(read_metrics(run_dir))
+
+
+def test_update_blocks_trains_only_those_stages(run_dir, tmp_path):
+    out = str(tmp_path / "blocks")
+    init = os.path.join(run_dir, "last.pt")
+    assert cli.train_main(["--method", "pgd-at", "--init-checkpoint", init, "--update-blocks", "2", "--epochs", "1",
+                           "--attack-steps", "2", "--eval-steps", "2", "--quiet", "--out", out]) == 0
+    before, _ = load_checkpoint(init)
+    after, config = load_checkpoint(os.path.join(out, "last.pt"))
+    assert config["update_blocks"] == [2] or config["update_blocks"] == (2,)
+    for (name, p), q in zip(before.named_parameters(), after.parameters()):
+        if name.startswith("layer2."):
+            assert not torch.equal(p, q), name
+        else:
+            assert torch.equal(p, q), name
+
+
+def test_cure_eff_with_the_official_preset_and_a_decaying_revision_rate(tmp_path, monkeypatch):
+    rates = []
+    real_step = loop.CURESGD.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["revision_rate"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.CURESGD, "step", recording_step)
+    out = str(tmp_path / "eff")
+    assert cli.train_main(["--method", "cure-eff", "--preset", "official", "--epochs", "3", "--warmup-epochs", "1",
+                           "--revision-schedule", "linear", "--revision-rate", "0.5", "--attack-steps", "2",
+                           "--eval-steps", "2", "--quiet", "--out", out]) == 0
+    steps = len(rates)
+    assert steps == 24  # 2 CURE epochs of 12 batches
+    assert rates == pytest.approx([0.5 * (1 - t / steps) for t in range(steps)])
+    m = read_metrics(out)
+    assert [r["phase"] for r in m["epochs"]] == ["warmup", "train", "train"]
+    assert m["config"]["beta"] == 5.0 and m["config"]["score"] == "signed" and m["config"]["pretrain_epochs"] == 0
+    assert sorted(m["epochs"][1]["tensor_update_fraction"]) == [f"layer{i}.0.conv1.weight" for i in (1, 2, 3)]
+
+
+def test_bad_input_is_one_paragraph_and_exit_2(run_dir, tmp_path, capsys):
+    def fails(argv, match):
+        assert cli.train_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.startswith("cure-train: error:") and match in err, err
+
+    fails(["--percentile", "2", "--quiet"], "--percentile must be in [0, 1]")
+    fails(["--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "c"), "--quiet"],
+          "missing data")
+    before = os.path.getmtime(os.path.join(run_dir, "last.pt"))
+    fails(TINY + ["--out", run_dir], "already holds a run")
+    assert os.path.getmtime(os.path.join(run_dir, "last.pt")) == before
+    fails(["--resume", "--out", run_dir, "--eps", "0.3", "--quiet"], "--eps")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    fails(["--init-checkpoint", str(bad), "--out", str(tmp_path / "d"), "--quiet"], "not a readable checkpoint")
+    fails(["--recipe", "cifar10-resnet18", "--dataset", "digits"], "is for cifar10")
+    assert cli.eval_main([str(bad)]) == 2
+    assert "cure-eval: error:" in capsys.readouterr().err
+
+
+def test_module_entry_point_lists_the_recipes():
+    result = subprocess.run([sys.executable, "-m", "cure_ext.train", "--list-recipes"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "cifar10-resnet18" in result.stdout and "86.76" in result.stdout and "wrn34-10" in result.stdout
+
+
+def test_cure_eval_on_a_saved_model(run_dir, tmp_path, capsys):
+    path = str(tmp_path / "eval.json")
+    assert cli.eval_main([os.path.join(run_dir, "best.pt"), "--limit", "100", "--steps", "5", "--json", path]) == 0
+    assert "PGD-20" in capsys.readouterr().out
+    with open(path) as f:
+        result = json.load(f)
+    assert result["n_test"] == 100 and result["eps"] == 0.2 and "nrr_cw" in result
+
+
+def test_compare_protocol(tmp_path, monkeypatch):
+    """Every method of a seed starts from that seed's pre-training; ablations change only their settings."""
+    seen = []
+
+    def fake_train(cfg, out, quiet=False, resume=False):
+        seen.append((cfg, out))
+        os.makedirs(out)
+        bonus = {"standard": 0, "trades": 5, "cure": 10}.get(cfg.method, 0) + cfg.seed
+        acc = {"clean_acc": 90.0 - bonus, "pgd20_acc": 10.0 + bonus, "cw_acc": 9.0 + bonus}
+        return {"final": {**acc, "nrr_cw": 1.0, "sum": acc["clean_acc"] + acc["cw_acc"]}}
+
+    monkeypatch.setattr(compare, "train", fake_train)
+    out = str(tmp_path / "cmp")
+    result = compare.run_compare({"pretrain_epochs": 2, "epochs": 1}, ["standard", "trades", "cure"], [0, 1], out,
+                                 ablations=True, quiet=True)
+    by_name = {(os.path.basename(os.path.dirname(o)), c.seed): c for c, o in seen}
+    for seed in (0, 1):
+        pre = by_name[("pretrain", seed)]
+        assert pre.method == "standard" and pre.epochs == 2 and pre.pretrain_epochs == 0
+        init = os.path.join(out, "pretrain", f"seed{seed}", "last.pt")
+        for name in ("standard", "trades", "cure", "cure-mask-only", "cure-revision-only"):
+            assert by_name[(name, seed)].init_checkpoint == init
+    assert by_name[("cure-mask-only", 0)].gamma == 0 and by_name[("cure-mask-only", 0)].revision_rate == 0
+    assert by_name[("cure-mask-only", 0)].percentile == 0.3
+    assert by_name[("cure-revision-only", 0)].percentile == 0 and by_name[("cure-revision-only", 0)].gamma == 1.0
+    cure = next(s for s in result["summary"] if s["method"] == "cure")
+    assert cure["clean_acc_mean"] == pytest.approx(79.5) and cure["clean_acc_std"] == pytest.approx(0.7071, abs=1e-4)
+    for name in ("compare.csv", "compare.json", "tradeoff.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    assert "79.50 ± 0.71" in compare.compare_table(result)
+
+
+def test_compare_end_to_end(tmp_path, capsys):
+    out = str(tmp_path / "cmp")
+    assert cli.compare_main(["--methods", "standard", "cure", "--seeds", "0", "--pretrain-epochs", "1",
+                             "--epochs", "1", "--attack-steps", "1", "--eval-steps", "2", "--quiet",
+                             "--out", out]) == 0
+    table = capsys.readouterr().out
+    assert "CURE" in table and "standard" in table and "±" in table
+    with open(os.path.join(out, "compare.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"standard", "cure"}
