@@ -1,0 +1,1 @@
+"""Benchmarks of cure_ext: `python -m bench` (see bench/README.md)."""

@@ -1,0 +1,63 @@
+"""Smoke test of the benchmark suite: `python -m bench --quick --tiny` (the benchmark models with every width
+divided by 16, so the run takes seconds) writes a record with the keys of SPEC §5 and positive numbers."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STEP_KEYS = ("fused_ms", "reference_ms", "official_ms", "torch_fused_sgd_ms", "floor_ms", "bandwidth_fraction")
+ITERATION_KEYS = ("cure_ms", "trades_ms", "cure_over_trades")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    if not (ROOT / "bench" / "__main__.py").exists():
+        pytest.skip("bench/ is not in this checkout")
+    out = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--tiny", "--devices", "cpu",
+                           "--models", "resnet18,wrn34_10", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out, proc
+
+
+def test_bench_writes_spec_record(bench_run):
+    out, proc = bench_run
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 1, files
+    assert files[0].name.endswith("-quick.json")
+    record = json.loads(files[0].read_text())
+    for key in ("device", "date", "torch", "threads", "step", "iteration"):
+        assert key in record, key
+    assert isinstance(record["device"], str) and record["device"]
+    assert set(record["step"]) == {"resnet18", "wrn34_10"}
+    assert record["step"]["resnet18"]["num_tensors"] == 62 and record["step"]["wrn34_10"]["num_tensors"] == 98
+    for model, step in record["step"].items():
+        for key in STEP_KEYS:
+            assert _positive(step.get(key)), (model, key, step.get(key))
+        for name, ratio in step["ratios"].items():
+            assert _positive(ratio), (model, name)
+        assert step["counts"]["fused"]["ops"] == 1  # one custom-op call for all tensors
+        assert step["counts"]["reference"]["ops"] > step["num_tensors"]
+    assert "error" not in record["iteration"], record["iteration"].get("error")
+    for key in ITERATION_KEYS:
+        assert _positive(record["iteration"].get(key)), key
+    assert record["scaling"]["by_tensors"] and record["scaling"]["by_size"]
+
+
+def test_bench_prints_ratio_table_last(bench_run):
+    _, proc = bench_run
+    tail = proc.stdout.strip().splitlines()
+    assert any("reference / fused" in line for line in tail)
+    assert any("bandwidth fraction" in line for line in tail)
