@@ -3,12 +3,12 @@
 The trainer (cure_ext/train/) provides everything timed here; nothing of a training step is re-implemented:
 - `cure_ext.train.config.make_config(method=..., ...)` resolves the run's settings (β, preset, step sizes);
 - `cure_ext.train.loop.plan_phases(cfg)[-1]` is the method's phase (its `step` names the step function);
-- `cure_ext.train.loop.Trainer(cfg, out_dir, quiet=True)._setup_phase(phase, resuming=False)` builds the
+- `cure_ext.train.loop.Trainer(cfg, out_dir, quiet=True).setup_phase(phase, resuming=False)` builds the
   model's StepSetup exactly as a training run does (CURESGD with the preset's selective flags and the
   revision model for CURE, torch.optim.SGD otherwise);
 - GPU: one iteration = `cure_ext.train.steps.STEPS[phase.step](setup, x, y)` on a CIFAR-shaped random batch
   (ResNet-18, batch 128, PGD-10 at ε = 8/255, fp32 and bf16 autocast), timed with CUDA events;
-- CPU: one epoch = `Trainer._train_epoch(phase, setup, names, 0, label)` on the embedded digits data with
+- CPU: one epoch = `Trainer.train_epoch(phase, setup, names, 0, label)` on the embedded digits data with
   the small CNN (the default recipe), timed with time.perf_counter.
 Methods are measured round-robin (one call of each per round) so machine load falls on all alike.
 """
@@ -52,7 +52,7 @@ def _trainers(tmp: str, **options):
         cfg = make_config(method=method, **options)
         trainer = Trainer(cfg, os.path.join(tmp, method), quiet=True)
         phase = plan_phases(cfg)[-1]
-        setup, _scheduler, names = trainer._setup_phase(phase, resuming=False)
+        setup, _scheduler, names = trainer.setup_phase(phase, resuming=False)
         out[method] = (trainer, phase, setup, names)
     return out
 
@@ -120,12 +120,12 @@ def cpu_epoch(quick: bool, tiny: bool) -> dict:
         samples = {m: [] for m in METHODS}
         for method, (trainer, phase, setup, names) in runs.items():
             for _ in range(warmup):
-                trainer._train_epoch(phase, setup, names, 0, method)
+                trainer.train_epoch(phase, setup, names, 0, method)
         t0 = time.perf_counter()
         for r in range(rounds):
             for method, (trainer, phase, setup, names) in runs.items():
                 a = time.perf_counter()
-                trainer._train_epoch(phase, setup, names, 0, method)
+                trainer.train_epoch(phase, setup, names, 0, method)
                 samples[method].append((time.perf_counter() - a) * 1e3)
             if r >= 1 and time.perf_counter() - t0 > seconds:
                 break

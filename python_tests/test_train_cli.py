@@ -109,7 +109,7 @@ def test_same_seed_same_metrics(run_dir, tmp_path):
 
 def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(run_dir, tmp_path, monkeypatch):
     out = str(tmp_path / "killed")
-    real = loop.Trainer._train_epoch
+    real = loop.Trainer.train_epoch
     calls = []
 
     def dies_in_the_second_cure_epoch(self, *args, **kwargs):
@@ -118,10 +118,10 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(run_dir, tmp_p
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", dies_in_the_second_cure_epoch)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", dies_in_the_second_cure_epoch)
     assert cli.train_main(TINY + ["--out", out]) == 130
     assert not os.path.exists(os.path.join(out, "metrics.json"))
-    monkeypatch.setattr(loop.Trainer, "_train_epoch", real)
+    monkeypatch.setattr(loop.Trainer, "train_epoch", real)
     assert cli.train_main(["--resume", "--out", out, "--quiet"]) == 0
     assert without_times(read_metrics(out)) == without_times(read_metrics(run_dir))
 

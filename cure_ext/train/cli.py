@@ -1,7 +1,8 @@
 """Command-line tools: `cure-train` (also `python -m cure_ext.train`), `cure-eval`, `cure-compare`.
 
-Errors in the user's input (options, data, checkpoints) are printed as one paragraph with exit status 2,
-without a traceback, and never after overwriting an existing file.
+Errors in the user's input (options, data, checkpoints, an unwritable output folder) are printed as one
+paragraph with exit status 2, without a traceback, and never after overwriting an existing file; a run that
+diverges (non-finite loss or gradient) stops with exit status 3, its last good last.pt kept.
 """
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import argparse
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from typing import Callable, Optional, Sequence
 
-from .checkpoint import load_checkpoint, read_checkpoint
+from .checkpoint import load_checkpoint, read_last
 from .compare import ABLATIONS, compare_table, run_compare
 from .config import METHODS, PRESETS, SELECT_POLICIES, TrainConfig, make_config
 from .data import LOADERS, load_dataset
@@ -22,6 +24,13 @@ from .evaluate import autoattack_available, evaluate
 from .loop import cpu_threads, resolve_device, train
 from .models import MODELS
 from .report import recipes_table, results_table, write_json_atomic
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one paragraph like the others (its default adds a usage of many lines)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def number(text: str) -> float:
@@ -88,6 +97,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a("--threads", type=int, help="CPU threads (default: 1 for the small cnn, else PyTorch's default)")
     a("--bf16", action="store_true", default=None, help="CUDA: bfloat16 autocast for attacks and forwards")
     a("--autoattack", action="store_true", default=None, help="also run AutoAttack (needs `autoattack`)")
+    a("--skip-nonfinite", action="store_true", default=None,
+      help="skip (and count) steps whose loss or gradient is not finite, instead of stopping the run")
     a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
@@ -100,6 +111,9 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except OSError as e:  # the file system refused a write (disk full, read-only, ...): no traceback either
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -115,7 +129,7 @@ def _check_autoattack(wanted: Optional[bool]) -> None:
 # ---- cure-train -----------------------------------------------------------------------------------------
 
 def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cure-train", description=(
+    p = Parser(prog="cure-train", description=(
         "Train a model with CURE or a baseline. With no options: the main job, CURE (paper preset) on the "
         "embedded digits data, natural pre-training included, then the evaluation table."))
     p.add_argument("--method", choices=list(METHODS), help="default cure")
@@ -127,14 +141,15 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Options a resumed run may change: where it runs, not what it computes.
-RUNTIME_OPTIONS = ("device", "threads")
+# Options a resumed run may change: where it runs, not what it computes (skip_nonfinite changes only what
+# happens at a non-finite step: a run stopped by one continues past it with --resume --skip-nonfinite).
+RUNTIME_OPTIONS = ("device", "threads", "skip_nonfinite")
 
 
 def _resume_config(out: Optional[str], options: dict) -> TrainConfig:
     if not out:
         raise ConfigError("--resume needs --out, the folder of the run to continue")
-    cfg = TrainConfig.from_dict(read_checkpoint(os.path.join(out, "last.pt"))["config"])
+    cfg = TrainConfig.from_dict(read_last(os.path.join(out, "last.pt"))["config"])
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k not in RUNTIME_OPTIONS}
     differing = sorted(k for k, v in given.items() if getattr(cfg, k) != v)
     if differing:
@@ -146,6 +161,29 @@ def _resume_config(out: Optional[str], options: dict) -> TrainConfig:
     return cfg
 
 
+# Files a run writes into --out; a new run never starts in a folder holding one of them.
+OUTPUT_FILES = ("last.pt", "best.pt", "metrics.json", "log.csv")
+
+
+def writable_folder(out: str) -> None:
+    """Create --out and prove it writable before any training (root ignores permission bits, so try it)."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]):
+    """Parsed options, or the exit status argparse chose (2 after its one-line usage error, 0 for --help),
+    so that the entry points return a status instead of raising SystemExit."""
+    try:
+        return parser.parse_args(argv), None
+    except SystemExit as e:
+        return None, e.code if isinstance(e.code, int) else 2
+
+
 def _train(args: argparse.Namespace) -> int:
     options = _config_options(args)
     if args.resume:
@@ -154,8 +192,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = make_config(**options)
         out = args.out or os.path.join("runs", f"{cfg.method}-{cfg.dataset}-seed{cfg.seed}-"
                                                f"{time.strftime('%Y%m%d-%H%M%S')}")
-        if any(os.path.exists(os.path.join(out, f)) for f in ("last.pt", "metrics.json")):
+        if any(os.path.exists(os.path.join(out, f)) for f in OUTPUT_FILES):
             raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    writable_folder(out)
     _check_autoattack(cfg.autoattack)
     began = time.perf_counter()
     metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
@@ -166,7 +205,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
-    args = train_parser().parse_args(argv)
+    args, status = _parse(train_parser(), argv)
+    if args is None:
+        return status
     if args.list_recipes:
         print(recipes_table())
         return 0
@@ -176,7 +217,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
 # ---- cure-eval ------------------------------------------------------------------------------------------
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cure-eval", description=(
+    p = Parser(prog="cure-eval", description=(
         "Evaluate a saved model (best.pt or last.pt of a run): clean, PGD-20, CW∞-20, NRR, SUM on the test set "
         "of the data set it was trained on."))
     p.add_argument("checkpoint")
@@ -214,14 +255,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> int:
-    args = eval_parser().parse_args(argv)
+    args, status = _parse(eval_parser(), argv)
+    if args is None:
+        return status
     return _guard("cure-eval", lambda: _eval(args))
 
 
 # ---- cure-compare ---------------------------------------------------------------------------------------
 
 def compare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cure-compare", description=(
+    p = Parser(prog="cure-compare", description=(
         "Standard training, PGD-AT, TRADES and CURE under one protocol (same data, budget, seeds, and the "
         "same natural pre-training per seed): a table of mean ± std over seeds, CSV, JSON and trade-off plot."))
     p.add_argument("--methods", nargs="+", choices=list(METHODS) + list(ABLATIONS),
@@ -246,5 +289,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def compare_main(argv: Optional[Sequence[str]] = None) -> int:
-    args = compare_parser().parse_args(argv)
+    args, status = _parse(compare_parser(), argv)
+    if args is None:
+        return status
     return _guard("cure-compare", lambda: _compare(args))

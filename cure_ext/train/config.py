@@ -75,6 +75,7 @@ class TrainConfig:
     threads: Optional[int] = None  # CPU intra-op threads; None: 1 for the small cnn, torch's default otherwise
     bf16: bool = False
     autoattack: bool = False
+    skip_nonfinite: bool = False  # skip steps with a non-finite loss or gradient instead of stopping
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,10 +153,10 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.threads is None or cfg.threads >= 1, "--threads must be >= 1")
     for name in ("percentile", "alpha", "revision_rate", "revision_decay"):
         need(0.0 <= getattr(cfg, name) <= 1.0, f"--{name.replace('_', '-')} must be in [0, 1]")
+    need(cfg.eps > 0, "--eps must be > 0")  # before the step sizes derived from it
     for name in ("lr", "pretrain_lr", "momentum", "weight_decay", "beta", "gamma", "attack_step_size",
                  "eval_step_size", "lr_gamma"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
-    need(cfg.eps > 0, "--eps must be > 0")
     need(all(0 < m <= 1 for m in cfg.lr_milestones), "--lr-milestones are fractions of a phase, in (0, 1]")
     if cfg.method == "cure-eff":
         need(0 <= cfg.warmup_epochs <= cfg.epochs, "--warmup-epochs must lie in [0, --epochs]")

@@ -6,7 +6,12 @@ schedule; the revision model is a copy of the weights entering a CURE phase.
 
 Random streams, all seeded from --seed and saved in last.pt: the data generator (order, augmentation), the
 attack generator (random starts of the training attacks), CURESGD's own generator (revision draws), and a
-fresh generator per evaluation (so evaluating never shifts the training streams).
+fresh generator per evaluation (so evaluating never shifts the training streams). The global torch, numpy and
+Python generators are seeded too and saved in last.pt, so that no library drawing from them can make a
+resumed run differ from an uninterrupted one.
+
+A step with a non-finite loss or gradient makes no update; the run then stops with DivergedError (exit 3)
+before writing anything for that epoch, or, with --skip-nonfinite, counts the step and goes on.
 """
 from __future__ import annotations
 
@@ -14,20 +19,22 @@ import contextlib
 import copy
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from .. import CURESGD
 from . import plots
 from .checkpoint import (FORMAT, load_init_weights, load_state, model_from_checkpoint, model_spec, read_checkpoint,
-                         save_atomic)
+                         read_last, save_atomic)
 from .config import TrainConfig
 from .data import batches, load_dataset
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DivergedError
 from .evaluate import evaluate
 from .models import build_model
 from .report import write_csv, write_json_atomic
@@ -98,6 +105,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Ph
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def global_rng_state() -> dict:
+    """The global torch, numpy and Python generators, in types that torch.load(weights_only=True) reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                      has_gauss, gauss], "python": random.getstate()}
+
+
+def set_global_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str, quiet: bool = False):
         self.cfg, self.out, self.quiet = cfg, out_dir, quiet
@@ -111,6 +133,9 @@ class Trainer:
             load_init_weights(self.model, cfg.init_checkpoint)
         self.model.to(self.device)
         self.phases = plan_phases(cfg)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.attack_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.records: list[dict] = []
@@ -126,19 +151,25 @@ class Trainer:
     def load_last(self) -> None:
         """Continue from last.pt: model, records and random streams now; optimizer, scheduler and revision
         model when their phase is set up."""
-        ckpt = read_checkpoint(self.path("last.pt"))
+        path = self.path("last.pt")
+        ckpt = read_last(path)
         if ckpt.get("model_spec") != self.spec:
-            raise CheckpointError(f"{self.path('last.pt')} holds a {ckpt.get('model_spec')} model, the run "
-                                  f"needs {self.spec}")
-        load_state(self.model, ckpt["model"], self.path("last.pt"))
-        self.records, self.best = list(ckpt["records"]), ckpt["best"]
-        self.position = (ckpt["position"]["phase"], ckpt["position"]["phase_epoch"])
-        self.data_gen.set_state(ckpt["rng"]["data"])
-        self.attack_gen.set_state(ckpt["rng"]["attack"])
+            raise CheckpointError(f"{path} holds a {ckpt.get('model_spec')} model, the run needs {self.spec}")
+        load_state(self.model, ckpt["model"], path)
+        try:
+            self.records, self.best = list(ckpt["records"]), ckpt["best"]
+            self.position = (int(ckpt["position"]["phase"]), int(ckpt["position"]["phase_epoch"]))
+            rng = ckpt["rng"]
+            self.data_gen.set_state(rng["data"])
+            self.attack_gen.set_state(rng["attack"])
+            set_global_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: damaged run state ({type(e).__name__}: {str(e)[:200]})") from None
         self._resume_state = ckpt
 
     # ---- phases -------------------------------------------------------------------------------------
-    def _setup_phase(self, phase: Phase, resuming: bool):
+    def setup_phase(self, phase: Phase, resuming: bool):
+        """The phase's StepSetup, lr scheduler and trainable parameter names (also used by bench/)."""
         cfg = self.cfg
         if phase.name == "train" and cfg.update_blocks:
             restrict_to_stages(self.model, cfg.update_blocks, cfg.reinit_blocks and not resuming, cfg.seed + 3)
@@ -172,12 +203,17 @@ class Trainer:
                 raise CheckpointError(f"{self.path('last.pt')}: optimizer state does not fit ({e})") from None
         return setup, scheduler, names
 
-    def _train_epoch(self, phase: Phase, setup: StepSetup, names: list, phase_epoch: int, label: str) -> dict:
+    def train_epoch(self, phase: Phase, setup: StepSetup, names: list, phase_epoch: int, label: str) -> dict:
+        """One epoch of the phase's step over the training data; returns its statistics."""
         cfg, step_fn = self.cfg, STEPS[phase.step]
         steps = math.ceil(len(self.data.train_x) / cfg.batch_size)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        kept_sum, seen = None, 0
+        kept_sum, seen, skipped = None, 0, 0
+        # A skipped step must leave no trace, but its train-mode forwards already moved the BN running
+        # statistics (of the revision model too): keep a copy to put back (buffers are small beside weights).
+        buffers = [b for m in (self.model, self.revision_model) if m is not None for b in m.buffers()
+                   if b.is_floating_point()] if cfg.skip_nonfinite else []
         bar = tqdm(total=steps, desc=label, disable=self.quiet, leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(batches(self.data.train_x, self.data.train_y, self.data.scale, cfg.batch_size,
                                            self.device, self.data_gen, self.data.augment)):
@@ -185,20 +221,35 @@ class Trainer:
                 done = (phase_epoch * steps + i) / (phase.epochs * steps)
                 for group in setup.optimizer.param_groups:
                     group["revision_rate"] = cfg.revision_rate * (1.0 - done)
+            saved = [b.clone() for b in buffers]
             result = step_fn(setup, x, y)
+            bar.update(1)
+            if not result.finite:
+                if not cfg.skip_nonfinite:
+                    raise DivergedError(
+                        f"non-finite loss or gradient at epoch {len(self.records) + 1} ({label}), step {i + 1} of "
+                        f"{steps}: training stopped before that update, and nothing of this epoch was written "
+                        "(last.pt, if any, holds the last completed epoch). Lower --lr, or continue with --resume "
+                        "--skip-nonfinite to skip such steps")
+                for b, v in zip(buffers, saved):
+                    b.copy_(v)
+                skipped += 1
+                continue
             loss_sum += result.loss * len(y)
             correct += (result.logits.argmax(1) == y).sum()
             seen += len(y)
             if result.kept is not None:
                 kept_sum = result.kept if kept_sum is None else kept_sum + result.kept
-            bar.update(1)
-            if i % 10 == 9 or i == steps - 1:  # a host sync: not every step
+            if seen and (i % 10 == 9 or i == steps - 1):  # a host sync: not every step
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}")
         bar.close()
+        seen = seen or math.nan  # every step skipped: no loss to report
         stats = {"loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen}
+        if cfg.skip_nonfinite:
+            stats["skipped_steps"] = skipped
         if kept_sum is not None and any(setup.selective):
             kept = kept_sum.cpu().tolist()
-            sizes = [p.numel() * steps for p in setup.params]
+            sizes = [p.numel() * (steps - skipped) for p in setup.params]
             chosen = [j for j, f in enumerate(setup.selective) if f]
             stats["tensor_update_fraction"] = {names[j]: kept[j] / sizes[j] for j in chosen}
             stats["update_fraction"] = sum(kept[j] for j in chosen) / sum(sizes[j] for j in chosen)
@@ -219,7 +270,8 @@ class Trainer:
                 "revision_model": self.revision_model.state_dict() if self.revision_model is not None else None,
                 "optimizer": setup.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "position": {"phase": position[0], "phase_epoch": position[1]},
-                "rng": {"data": self.data_gen.get_state(), "attack": self.attack_gen.get_state()},
+                "rng": {"data": self.data_gen.get_state(), "attack": self.attack_gen.get_state(),
+                        **global_rng_state()},
                 "records": self.records, "best": self.best}
 
     def _save_best(self, record: dict) -> None:
@@ -236,13 +288,13 @@ class Trainer:
             first = start_epoch if index == start_phase else 0
             if index < start_phase or first >= phase.epochs:
                 continue
-            setup, scheduler, names = self._setup_phase(phase, resuming=first > 0)
+            setup, scheduler, names = self.setup_phase(phase, resuming=first > 0)
             for phase_epoch in range(first, phase.epochs):
                 epoch = len(self.records) + 1
                 label = f"{phase.name} {phase_epoch + 1}/{phase.epochs}"
                 began = time.perf_counter()
                 lr = setup.optimizer.param_groups[0]["lr"]
-                stats = self._train_epoch(phase, setup, names, phase_epoch, label)
+                stats = self.train_epoch(phase, setup, names, phase_epoch, label)
                 scheduler.step()
                 record = {"epoch": epoch, "phase": phase.name, "step": phase.step, "phase_epoch": phase_epoch + 1,
                           "lr": lr, **stats}
@@ -283,7 +335,9 @@ class Trainer:
             best = {**self._evaluate(model.to(self.device), final=True), "epoch": self.best["epoch"]}
         wall = sum(r["time_s"] for r in self.records) + time.perf_counter() - began
         metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "epochs": self.records,
-                   "wall_time_s": wall, "device": str(self.device), "torch": torch.__version__}
+                   "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.records), "wall_time_s": wall,
+                   "device": str(self.device), "torch": torch.__version__}
+        write_csv(self.records, self.path("log.csv"))  # again: a kill may have come between last.pt and the log
         write_json_atomic(metrics, self.path("metrics.json"))
         if self.records:
             plots.plot_accuracy(self.records, self.path("accuracy.png"))

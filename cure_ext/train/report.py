@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .config import make_config
 from .recipes import list_recipes
@@ -14,26 +14,43 @@ from .recipes import list_recipes
 TABLE_COLUMNS = [("clean_acc", "clean"), ("pgd20_acc", "PGD-20"), ("cw_acc", "CW∞-20"), ("aa_acc", "AA"),
                  ("nrr_cw", "NRR"), ("sum", "SUM")]
 CSV_FIELDS = ["epoch", "phase", "step", "phase_epoch", "lr", "loss", "train_acc", "clean_acc", "pgd20_acc",
-              "update_fraction", "time_s"]
+              "update_fraction", "skipped_steps", "time_s"]
+
+
+def write_atomic(path: str, write: Callable, mode: str = "w") -> None:
+    """write(f) into a temporary file beside `path`, flushed to disk, then renamed over `path`: a kill or a
+    failure at any point leaves either the old file or the complete new one, never a torn one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (not possible on every platform)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(obj, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
 
 
 def write_csv(records: Sequence[dict], path: str) -> None:
     """The per-epoch log, rewritten whole after each epoch (so a resumed run's log has no duplicates)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    def write(f):
         writer = csv.DictWriter(f, CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
         for r in records:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in CSV_FIELDS})
-    os.replace(tmp, path)
+
+    write_atomic(path, write)
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -1,7 +1,10 @@
 """One optimisation step per method, on one batch: natural (standard training and pre-training), PGD-AT
 (Madry), TRADES and CURE. Attacks run the model in eval mode; the training forwards run it in train mode,
 with separate forwards for natural and adversarial inputs (BN sees each batch's own statistics), as in
-the authors' code."""
+the authors' code.
+
+Every step checks its loss and gradients before the update (one host sync per step) and, when one is not
+finite, returns without touching the weights or the optimizer state; the trainer then stops or skips."""
 from __future__ import annotations
 
 import contextlib
@@ -38,12 +41,23 @@ class StepResult:
     loss: torch.Tensor  # detached scalar
     logits: torch.Tensor  # detached logits whose accuracy the progress bar shows
     kept: Optional[torch.Tensor] = None  # CURE: entries updated per parameter tensor
+    finite: bool = True  # False: the loss or a gradient was inf/NaN and no update was made
 
 
-def _sgd_update(s: StepSetup, loss: torch.Tensor) -> None:
+def all_finite(loss: torch.Tensor, *grad_lists) -> bool:
+    """Whether the loss and every gradient are finite; one reduction and one host sync for all of them."""
+    grads = [g for gl in grad_lists for g in gl if g is not None]
+    norms = torch._foreach_norm(grads) if grads else []  # a norm is non-finite iff some entry is
+    return bool(torch.isfinite(torch.stack([loss.detach().float(), *[n.float() for n in norms]])).all())
+
+
+def _sgd_update(s: StepSetup, loss: torch.Tensor) -> bool:
     s.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if not all_finite(loss, [p.grad for p in s.params]):
+        return False
     s.optimizer.step()
+    return True
 
 
 def natural_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
@@ -51,8 +65,8 @@ def natural_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
     with s.autocast():
         logits = s.model(x)
         loss = F.cross_entropy(logits.float(), y)
-    _sgd_update(s, loss)
-    return StepResult(loss.detach(), logits.detach())
+    finite = _sgd_update(s, loss)
+    return StepResult(loss.detach(), logits.detach(), finite=finite)
 
 
 def pgd_at_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
@@ -62,8 +76,8 @@ def pgd_at_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
     with s.autocast():
         logits = s.model(x_adv)
         loss = F.cross_entropy(logits.float(), y)
-    _sgd_update(s, loss)
-    return StepResult(loss.detach(), logits.detach())
+    finite = _sgd_update(s, loss)
+    return StepResult(loss.detach(), logits.detach(), finite=finite)
 
 
 def _trades_forward(s: StepSetup, x: torch.Tensor, y: torch.Tensor):
@@ -82,8 +96,8 @@ def _trades_forward(s: StepSetup, x: torch.Tensor, y: torch.Tensor):
 def trades_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
     """TRADES: CE(x) + β·KL(p(x) ‖ p(x_adv)) (the CURE loss with γ = 0)."""
     loss, logits_nat, _ = _trades_forward(s, x, y)
-    _sgd_update(s, loss.total)
-    return StepResult(loss.total.detach(), logits_nat.detach())
+    finite = _sgd_update(s, loss.total)
+    return StepResult(loss.total.detach(), logits_nat.detach(), finite=finite)
 
 
 def cure_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
@@ -102,6 +116,8 @@ def cure_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         nat_grads = [next(g_nat) if f else None for f in s.selective]
         adv_grads = [next(g_adv) if f else None for f in s.selective]
     grads = torch.autograd.grad(loss.total, s.params)
+    if not all_finite(loss.total, grads, nat_grads, adv_grads):  # score gradients too: they choose the masks
+        return StepResult(loss.total.detach(), logits_nat.detach(), finite=False)
     for p, g in zip(s.params, grads):
         p.grad = g
     kept = s.optimizer.step(nat_grads, adv_grads)
