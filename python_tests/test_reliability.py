@@ -2,7 +2,6 @@
 uninterrupted one, bad input ends in one paragraph and a non-zero exit without touching existing files, and a
 non-finite loss or gradient stops the run (or is skipped with --skip-nonfinite)."""
 import gzip
-import json
 import os
 import pickle
 import random
@@ -19,6 +18,7 @@ from cure_ext.train import cli, loop
 from cure_ext.train.checkpoint import FORMAT, read_checkpoint
 from cure_ext.train.models import build_model
 from cure_ext.train.steps import all_finite
+from train_runs import read_metrics, without_times
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A few seconds per run on two shared cores.
@@ -28,14 +28,6 @@ KILLABLE = ["--pretrain-epochs", "1", "--epochs", "3", "--train-limit", "400", "
             "50", "--attack-steps", "2", "--eval-steps", "3", "--quiet"]
 
 
-def without_times(metrics):
-    return {**metrics, "wall_time_s": None,
-            "epochs": [{k: v for k, v in r.items() if k != "time_s"} for r in metrics["epochs"]]}
-
-
-def read_metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
 
 
 def snapshot(folder):

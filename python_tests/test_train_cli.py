@@ -12,20 +12,12 @@ import torch.nn.functional as F
 
 from cure_ext.train import cli, compare, loop
 from cure_ext.train.checkpoint import load_checkpoint
+from train_runs import read_metrics, without_times
 
 TINY = ["--pretrain-epochs", "1", "--epochs", "2", "--attack-steps", "2", "--quiet"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def without_times(metrics):
-    """The metrics minus wall-clock fields, which no two runs share."""
-    return {**metrics, "wall_time_s": None,
-            "epochs": [{k: v for k, v in r.items() if k != "time_s"} for r in metrics["epochs"]]}
-
-
-def read_metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")
