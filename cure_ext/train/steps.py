@@ -60,24 +60,24 @@ def _sgd_update(s: StepSetup, loss: torch.Tensor) -> bool:
     return True
 
 
-def natural_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+def _ce_step(s: StepSetup, inputs: torch.Tensor, y: torch.Tensor) -> StepResult:
+    """Cross-entropy on `inputs` (natural or adversarial) and a plain optimizer step."""
     s.model.train()
     with s.autocast():
-        logits = s.model(x)
+        logits = s.model(inputs)
         loss = F.cross_entropy(logits.float(), y)
     finite = _sgd_update(s, loss)
     return StepResult(loss.detach(), logits.detach(), finite=finite)
+
+
+def natural_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+    return _ce_step(s, x, y)
 
 
 def pgd_at_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor) -> StepResult:
     """Madry et al.: CE on PGD examples (uniform random start, CE ascent)."""
     x_adv = pgd(s.model, x, ce_objective(y), s.eps, s.step_size, s.steps, "uniform", s.generator, s.autocast)
-    s.model.train()
-    with s.autocast():
-        logits = s.model(x_adv)
-        loss = F.cross_entropy(logits.float(), y)
-    finite = _sgd_update(s, loss)
-    return StepResult(loss.detach(), logits.detach(), finite=finite)
+    return _ce_step(s, x_adv, y)
 
 
 def _trades_forward(s: StepSetup, x: torch.Tensor, y: torch.Tensor):
