@@ -83,20 +83,17 @@ def _masked_grads(inp: StepInputs, cfg: StepConfig) -> List[torch.Tensor]:
 def make_variants(sets: List[StepInputs], cfg: StepConfig) -> Dict[str, Callable[[int], object]]:
     decay = cfg.revision_decay
 
-    def fused(i):
-        s = sets[i]
-        return cure_ext.selective_step(s.params, s.grads, s.nat_grads, s.adv_grads, s.momentum_buffers,
-                                       s.revision_params, **cfg.op_kwargs())
+    def op_call(step_fn, **overrides):
+        # One call of the op (fused or reference) over input set i.
+        def call(i):
+            s = sets[i]
+            return step_fn(s.params, s.grads, s.nat_grads, s.adv_grads, s.momentum_buffers, s.revision_params,
+                           **cfg.op_kwargs(**overrides))
+        return call
 
-    def fused_norevise(i):
-        s = sets[i]
-        return cure_ext.selective_step(s.params, s.grads, s.nat_grads, s.adv_grads, s.momentum_buffers,
-                                       s.revision_params, **cfg.op_kwargs(revise=False))
-
-    def ref(i):
-        s = sets[i]
-        return reference.selective_step(s.params, s.grads, s.nat_grads, s.adv_grads, s.momentum_buffers,
-                                        s.revision_params, **cfg.op_kwargs())
+    fused = op_call(cure_ext.selective_step)
+    fused_norevise = op_call(cure_ext.selective_step, revise=False)
+    ref = op_call(reference.selective_step)
 
     def torch_step(i):
         s = sets[i]

@@ -18,8 +18,6 @@ TINY = ["--pretrain-epochs", "1", "--epochs", "2", "--attack-steps", "2", "--qui
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("cure") / "run")
