@@ -28,8 +28,6 @@ KILLABLE = ["--pretrain-epochs", "1", "--epochs", "3", "--train-limit", "400", "
             "50", "--attack-steps", "2", "--eval-steps", "3", "--quiet"]
 
 
-
-
 def snapshot(folder):
     """Every file under folder, by relative path, with its bytes."""
     files = {}
@@ -265,13 +263,13 @@ def inject_nan(monkeypatch, at_calls, on_call=None):
     """The CURE step gets a NaN input on the given (1-based) calls: its loss and gradients are NaN."""
     real, calls = loop.STEPS["cure"], []
 
-    def step(setup, x, y):
+    def step(setup, x, y, weight):
         calls.append(1)
         if len(calls) in at_calls:
             if on_call:
                 on_call()
             x = torch.full_like(x, float("nan"))
-        return real(setup, x, y)
+        return real(setup, x, y, weight)
 
     monkeypatch.setitem(loop.STEPS, "cure", step)
 

@@ -104,6 +104,10 @@ class SpyOptimizer:
     def __init__(self, params):
         self.params = params
 
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
     def step(self, nat_grads, adv_grads):
         self.nat, self.adv = nat_grads, adv_grads
         self.grads = [p.grad.clone() for p in self.params]

@@ -38,20 +38,25 @@ def kl_objective(log_p_nat: torch.Tensor) -> Objective:
     return lambda logits: F.kl_div(F.log_softmax(logits.float(), dim=1), log_p_nat, reduction="sum", log_target=True)
 
 
+def random_start(x: torch.Tensor, eps: float, start: str, generator: torch.Generator) -> torch.Tensor:
+    """The random offset of a PGD start: "uniform" U(-eps, eps) (Madry / PGD-20) or "normal" 0.001·N(0, 1)
+    (TRADES). Drawn by itself, it also advances a generator past a batch that another rank attacks."""
+    if start == "uniform":
+        return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
+    if start == "normal":
+        return 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    raise ValueError(f"unknown PGD start {start!r}")
+
+
 def pgd(model: nn.Module, x: torch.Tensor, objective: Objective, eps: float, step_size: float, steps: int,
         start: str, generator: torch.Generator,
         autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> torch.Tensor:
     """Signed-gradient ascent on `objective` inside the ℓ∞ ball of radius eps around x, kept in [0, 1].
 
-    start: "uniform" (x + U(-eps, eps), Madry / PGD-20) or "normal" (x + 0.001·N(0, 1), TRADES). The start
-    is clipped to [0, 1] as well, so every returned point is a valid image even with steps = 0.
+    start: see random_start. The start is clipped to [0, 1] as well, so every returned point is a valid
+    image even with steps = 0.
     """
-    if start == "uniform":
-        noise = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
-    elif start == "normal":
-        noise = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    else:
-        raise ValueError(f"unknown PGD start {start!r}")
+    noise = random_start(x, eps, start, generator)
     x = x.detach()
     lower, upper = (x - eps).clamp(min=0.0), (x + eps).clamp(max=1.0)
     x_adv = torch.min(torch.max(x + noise, lower), upper)

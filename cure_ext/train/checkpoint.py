@@ -98,9 +98,9 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict]:
     return model, dict(ckpt["config"])
 
 
-def load_init_weights(model: nn.Module, path: str) -> None:
-    """Weights for `--init-checkpoint`: a trainer checkpoint, or a plain state dict (bare, or under the key
-    `state_dict` or `model` as the authors' code accepts)."""
+def read_init_weights(path: str) -> dict:
+    """The model state dict for `--init-checkpoint`: from a trainer checkpoint, or a plain state dict (bare,
+    or under the key `state_dict` or `model` as the authors' code accepts)."""
     obj = _load(path)
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
@@ -109,4 +109,4 @@ def load_init_weights(model: nn.Module, path: str) -> None:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds no model state dict")
-    load_state(model, obj, path)
+    return obj

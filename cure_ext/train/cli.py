@@ -3,6 +3,9 @@
 Errors in the user's input (options, data, checkpoints, an unwritable output folder) are printed as one
 paragraph with exit status 2, without a traceback, and never after overwriting an existing file; a run that
 diverges (non-finite loss or gradient) stops with exit status 3, its last good last.pt kept.
+
+Under torchrun, cure-train and cure-eval run as one job over the processes (see distributed.py): rank 0
+checks and reads the files and prints the results; an error is printed by every rank that meets it.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import time
 from fractions import Fraction
 from typing import Callable, Optional, Sequence
 
+from . import distributed
 from .checkpoint import load_checkpoint, read_last
 from .compare import ABLATIONS, compare_table, run_compare
 from .config import METHODS, PRESETS, SELECT_POLICIES, TrainConfig, make_config
@@ -108,6 +112,8 @@ def _config_options(args: argparse.Namespace) -> dict:
 
 
 def _guard(prog: str, body: Callable[[], int]) -> int:
+    if distributed.launched_world() > 1:
+        prog = f"{prog} [rank {os.environ.get('RANK', '?')}]"
     try:
         return body()
     except UserError as e:
@@ -184,8 +190,8 @@ def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]):
         return None, e.code if isinstance(e.code, int) else 2
 
 
-def _train(args: argparse.Namespace) -> int:
-    options = _config_options(args)
+def _run_folder(args: argparse.Namespace, options: dict) -> tuple[TrainConfig, str]:
+    """The run's configuration and output folder, checked writable (and, for a new run, free of a run)."""
     if args.resume:
         cfg, out = _resume_config(args.out, options), args.out
     else:
@@ -195,12 +201,21 @@ def _train(args: argparse.Namespace) -> int:
         if any(os.path.exists(os.path.join(out, f)) for f in OUTPUT_FILES):
             raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
     writable_folder(out)
-    _check_autoattack(cfg.autoattack)
-    began = time.perf_counter()
-    metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
-    final, best = metrics["final"], metrics["best"]
-    print(results_table([(f"last (epoch {final['epoch']})", final), (f"best (epoch {best['epoch']})", best)]))
-    print(f"outputs in {out} ({time.perf_counter() - began:.0f} s)")
+    return cfg, out
+
+
+def _train(args: argparse.Namespace) -> int:
+    options = _config_options(args)
+    with distributed.process_group() as ranks:
+        cfg, out = ranks.from_main(lambda: _run_folder(args, options))
+        _check_autoattack(cfg.autoattack)
+        began = time.perf_counter()
+        metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
+        if ranks.main:
+            final, best = metrics["final"], metrics["best"]
+            print(results_table([(f"last (epoch {final['epoch']})", final),
+                                 (f"best (epoch {best['epoch']})", best)]))
+            print(f"outputs in {out} ({time.perf_counter() - began:.0f} s)")
     return 0
 
 
@@ -239,18 +254,20 @@ def _eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be >= 1")
     _check_autoattack(args.autoattack)
-    model, config = load_checkpoint(args.checkpoint)
-    data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
-    device = resolve_device(args.device)
-    eps = args.eps if args.eps is not None else config["eps"]
-    with cpu_threads(args.threads, config["model"]):
-        result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
-                          steps=args.steps, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-                          autoattack=args.autoattack)
+    with distributed.process_group() as ranks:
+        model, config = ranks.from_main(lambda: load_checkpoint(args.checkpoint))
+        data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
+        device = resolve_device(args.device)
+        eps = args.eps if args.eps is not None else config["eps"]
+        with cpu_threads(args.threads, config["model"]):
+            result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
+                              steps=args.steps, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                              autoattack=args.autoattack, ranks=ranks)
     result["eps"] = eps
-    print(results_table([(os.path.basename(args.checkpoint), result)]))
-    if args.json:
-        write_json_atomic(result, args.json)
+    if ranks.main:
+        print(results_table([(os.path.basename(args.checkpoint), result)]))
+        if args.json:
+            write_json_atomic(result, args.json)
     return 0
 
 
@@ -278,6 +295,9 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if distributed.launched_world() > 1:
+        raise ConfigError("cure-compare runs in one process; for several processes, run each method with "
+                          "cure-train under torchrun")
     options = _config_options(args)
     dataset = make_config(**options).dataset  # validates the options before any training
     _check_autoattack(options.get("autoattack"))

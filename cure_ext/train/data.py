@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .distributed import SINGLE, Ranks
 from .errors import DataError
 
 # Where Debian's `dataset-fashion-mnist` package installs the IDX files.
@@ -188,15 +189,25 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, scale: float, batch_size: int, device: torch.device,
-            generator: Optional[torch.Generator] = None, augment: bool = False,
-            limit: Optional[int] = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            generator: Optional[torch.Generator] = None, augment: bool = False, limit: Optional[int] = None,
+            ranks: Ranks = SINGLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Float batches in [0, 1] on `device`. With a generator: shuffled (and augmented if asked);
-    without: in order, the first `limit` examples."""
+    without: in order, the first `limit` examples. With several ranks: this rank's shard of every batch,
+    the batches (order and augmentation) being those of one process; a final batch too small to give every
+    rank an example is dropped (see train_batch_count)."""
     n = len(x) if limit is None else min(limit, len(x))
     order = torch.randperm(len(x), generator=generator)[:n] if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         xb = x[idx]
-        if augment:
+        if augment:  # the whole batch (even one then dropped), so that the stream does not depend on the ranks
             xb = augment_batch(xb, generator)
-        yield (xb.to(device, non_blocking=True).float() / scale), y[idx].to(device, non_blocking=True)
+        if len(idx) < ranks.world:
+            break
+        part = ranks.shard(len(idx))
+        yield (xb[part].to(device, non_blocking=True).float() / scale), y[idx[part]].to(device, non_blocking=True)
+
+
+def train_batch_count(n: int, batch_size: int, world: int = 1) -> int:
+    """How many batches `batches` yields for n examples split over `world` ranks."""
+    return n // batch_size + (n % batch_size >= world)

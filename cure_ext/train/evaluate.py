@@ -14,8 +14,9 @@ from typing import Callable, ContextManager, Optional, Sequence
 import torch
 from torch import nn
 
-from .attacks import ce_objective, cw_objective, eval_mode, pgd
+from .attacks import ce_objective, cw_objective, eval_mode, pgd, random_start
 from .data import Dataset, batches
+from .distributed import SINGLE, Ranks
 
 ATTACKS = {"pgd20": ce_objective, "cw": cw_objective}
 ATTACK_LABELS = {"pgd20": "PGD-20", "cw": "CW∞-20", "aa": "AutoAttack"}
@@ -42,44 +43,55 @@ def summarize(acc: dict) -> dict:
 def evaluate(model: nn.Module, data: Dataset, eps: float, device: torch.device, *, step_size: float,
              steps: int = 20, attacks: Sequence[str] = ("pgd20", "cw"), limit: Optional[int] = None,
              batch_size: int = 256, seed: int = 0, autoattack: bool = False,
-             autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> dict:
-    """Accuracies of `model` on the first `limit` test examples (all by default)."""
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext, ranks: Ranks = SINGLE) -> dict:
+    """Accuracies of `model` on the first `limit` test examples (all by default). With several ranks, each
+    attacks every world-th batch and the counts are summed: every example is counted once, with the random
+    start it gets in one process (a rank draws, and drops, the starts of the batches it leaves to others)."""
     generators = {name: torch.Generator(device=device).manual_seed(seed + i) for i, name in enumerate(ATTACKS)}
-    correct = {"clean": 0, **{a: 0 for a in attacks}}
-    total = 0
+    counts = torch.zeros(2 + len(attacks), dtype=torch.int64)  # total, clean, then one per attack
+    mine: list = []  # this rank's examples, for AutoAttack
     with eval_mode(model):
-        for x, y in batches(data.test_x, data.test_y, data.scale, batch_size, device, limit=limit):
+        for b, (x, y) in enumerate(batches(data.test_x, data.test_y, data.scale, batch_size, device, limit=limit)):
+            if b % ranks.world != ranks.rank:
+                for name in attacks:
+                    random_start(x, eps, "uniform", generators[name])
+                continue
+            mine.append(torch.arange(b * batch_size, b * batch_size + len(y)))
             with torch.no_grad(), autocast():
-                correct["clean"] += int((model(x).argmax(1) == y).sum())
-            for name in attacks:
+                counts[1] += int((model(x).argmax(1) == y).sum())
+            for i, name in enumerate(attacks):
                 x_adv = pgd(model, x, ATTACKS[name](y), eps, step_size, steps, "uniform", generators[name], autocast)
                 with torch.no_grad(), autocast():
-                    correct[name] += int((model(x_adv).argmax(1) == y).sum())
-            total += len(y)
-    acc = {f"{k}_acc": 100.0 * v / total for k, v in correct.items()}
-    if autoattack:
-        acc["aa_acc"] = autoattack_accuracy(model, data, eps, device, batch_size, limit)
+                    counts[2 + i] += int((model(x_adv).argmax(1) == y).sum())
+            counts[0] += len(y)
+        if autoattack:
+            index = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.int64)
+            counts = torch.cat([counts, torch.tensor([autoattack_correct(model, data, eps, device, batch_size, index)])])
+    total, *correct = ranks.sum_(counts.to(device)).tolist()
+    names = ["clean", *attacks] + (["aa"] if autoattack else [])
+    acc = {f"{k}_acc": 100.0 * v / total for k, v in zip(names, correct)}
     acc["n_test"] = total
     return summarize(acc)
 
 
-def autoattack_accuracy(model: nn.Module, data: Dataset, eps: float, device: torch.device, batch_size: int,
-                        limit: Optional[int]) -> float:
-    """AutoAttack (standard version: APGD-CE, APGD-T, FAB-T, Square) from the `autoattack` package."""
+def autoattack_correct(model: nn.Module, data: Dataset, eps: float, device: torch.device, batch_size: int,
+                       index: torch.Tensor) -> int:
+    """Test examples `index` that AutoAttack (standard version: APGD-CE, APGD-T, FAB-T, Square, from the
+    `autoattack` package) does not break."""
     from autoattack import AutoAttack
 
-    n = len(data.test_x) if limit is None else min(limit, len(data.test_x))
-    x = data.test_x[:n].float() / data.scale
-    y = data.test_y[:n]
-    with eval_mode(model):
-        adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(device), verbose=False)
-        x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), bs=batch_size)
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                xb, yb = x_adv[start:start + batch_size], y[start:start + batch_size].to(device)
-                correct += int((model(xb).argmax(1) == yb).sum())
-    return 100.0 * correct / n
+    if len(index) == 0:
+        return 0
+    x = data.test_x[index].float() / data.scale
+    y = data.test_y[index]
+    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(device), verbose=False)
+    x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), bs=batch_size)
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(index), batch_size):
+            xb, yb = x_adv[start:start + batch_size], y[start:start + batch_size].to(device)
+            correct += int((model(xb).argmax(1) == yb).sum())
+    return correct
 
 
 def autoattack_available() -> bool:

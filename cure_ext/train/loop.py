@@ -12,6 +12,11 @@ resumed run differ from an uninterrupted one.
 
 A step with a non-finite loss or gradient makes no update; the run then stops with DivergedError (exit 3)
 before writing anything for that epoch, or, with --skip-nonfinite, counts the step and goes on.
+
+Under torchrun (see distributed.py) every rank runs this loop on its shard of each batch; rank 0 alone
+writes files and prints. Each rank draws its attack starts from its own stream, which last.pt keeps for
+every rank; at the end of each epoch the BN buffers of rank 0 are broadcast (DDP keeps only the weights
+in step), so that every rank evaluates, checkpoints and resumes the same model.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,11 +35,11 @@ import torch
 from tqdm import tqdm
 
 from .. import CURESGD
-from . import plots
-from .checkpoint import (FORMAT, load_init_weights, load_state, model_from_checkpoint, model_spec, read_checkpoint,
+from . import distributed, plots
+from .checkpoint import (FORMAT, load_state, model_from_checkpoint, model_spec, read_checkpoint, read_init_weights,
                          read_last, save_atomic)
 from .config import TrainConfig
-from .data import batches, load_dataset
+from .data import batches, load_dataset, train_batch_count
 from .errors import CheckpointError, ConfigError, DivergedError
 from .evaluate import evaluate
 from .models import build_model
@@ -63,10 +69,15 @@ def plan_phases(cfg: TrainConfig) -> list[Phase]:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: this PyTorch sees no CUDA device")
-    return torch.device(name)
+    return distributed.rank_device(torch.device(name))
+
+
+# A rank's attack stream is seeded seed + 1 + rank * ATTACK_SEED_STRIDE: rank 0's is the one-process stream,
+# and no rank's seed meets another generator's (seed + 2, seed + 3) for any seed.
+ATTACK_SEED_STRIDE = 1_000_003
 
 
 @contextlib.contextmanager
@@ -122,22 +133,26 @@ def set_global_rng_state(rng: dict) -> None:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str, quiet: bool = False):
-        self.cfg, self.out, self.quiet = cfg, out_dir, quiet
+        self.cfg, self.out = cfg, out_dir
         self.device = resolve_device(cfg.device)
+        self.ranks = distributed.current()
+        self.quiet = quiet or not self.ranks.main
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16
                          else contextlib.nullcontext)
         self.data = load_dataset(cfg.dataset, cfg.data_dir).limited(cfg.train_limit, cfg.test_limit)
         self.spec = model_spec(cfg.model, self.data.num_classes, self.data.in_channels)
         self.model = build_model(cfg.model, self.data.num_classes, self.data.in_channels, cfg.seed)
         if cfg.init_checkpoint:
-            load_init_weights(self.model, cfg.init_checkpoint)
+            load_state(self.model, self.ranks.from_main(lambda: read_init_weights(cfg.init_checkpoint)),
+                       cfg.init_checkpoint)
         self.model.to(self.device)
         self.phases = plan_phases(cfg)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self.attack_gen = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.attack_gen = torch.Generator(self.device).manual_seed(
+            cfg.seed + 1 + self.ranks.rank * ATTACK_SEED_STRIDE)
         self.records: list[dict] = []
         self.best: Optional[dict] = None  # {"epoch", "pgd20_acc"} of best.pt
         self.position = (0, 0)  # (phase index, epochs done in it)
@@ -152,16 +167,20 @@ class Trainer:
         """Continue from last.pt: model, records and random streams now; optimizer, scheduler and revision
         model when their phase is set up."""
         path = self.path("last.pt")
-        ckpt = read_last(path)
+        ckpt = self.ranks.from_main(lambda: read_last(path))
         if ckpt.get("model_spec") != self.spec:
             raise CheckpointError(f"{path} holds a {ckpt.get('model_spec')} model, the run needs {self.spec}")
+        if ckpt.get("world_size", 1) != self.ranks.world:  # each rank continues its own attack stream
+            raise CheckpointError(f"{path} was written by a run of {ckpt.get('world_size', 1)} process(es); resume "
+                                  f"it with as many (torchrun --nproc_per_node), not {self.ranks.world}")
         load_state(self.model, ckpt["model"], path)
         try:
             self.records, self.best = list(ckpt["records"]), ckpt["best"]
             self.position = (int(ckpt["position"]["phase"]), int(ckpt["position"]["phase_epoch"]))
             rng = ckpt["rng"]
             self.data_gen.set_state(rng["data"])
-            self.attack_gen.set_state(rng["attack"])
+            self.attack_gen.set_state(rng["attack_ranks"][self.ranks.rank] if self.ranks.distributed
+                                      else rng["attack"])
             set_global_rng_state(rng)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path}: damaged run state ({type(e).__name__}: {str(e)[:200]})") from None
@@ -193,7 +212,8 @@ class Trainer:
         else:
             optimizer = torch.optim.SGD(params, lr=phase.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         setup = StepSetup(self.model, optimizer, params, self.attack_gen, cfg.eps, cfg.attack_step_size,
-                          cfg.attack_steps, beta=cfg.beta, autocast=self.autocast, **cure)
+                          cfg.attack_steps, beta=cfg.beta, autocast=self.autocast, forward=self._ddp(),
+                          ranks=self.ranks, **cure)
         scheduler = make_scheduler(setup.optimizer, cfg, phase)
         if resuming:
             try:
@@ -203,10 +223,25 @@ class Trainer:
                 raise CheckpointError(f"{self.path('last.pt')}: optimizer state does not fit ({e})") from None
         return setup, scheduler, names
 
+    def _ddp(self) -> Optional[torch.nn.Module]:
+        """DDP's wrapper for the training forwards (built per phase: the trainable tensors may change)."""
+        if not self.ranks.distributed:
+            return None
+        # 1x1 convolutions' weight gradients differ from their bucket only in the strides of size-1 dims (the
+        # same memory order), which DDP flags once per process; the copy into the bucket is made either way.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        return torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's BN buffers (of the revision model too) on every rank."""
+        self.ranks.broadcast_([b for m in (self.model, self.revision_model) if m is not None for b in m.buffers()])
+
     def train_epoch(self, phase: Phase, setup: StepSetup, names: list, phase_epoch: int, label: str) -> dict:
-        """One epoch of the phase's step over the training data; returns its statistics."""
-        cfg, step_fn = self.cfg, STEPS[phase.step]
-        steps = math.ceil(len(self.data.train_x) / cfg.batch_size)
+        """One epoch of the phase's step over the training data (this rank's shards); returns its statistics."""
+        cfg, step_fn, world = self.cfg, STEPS[phase.step], self.ranks.world
+        n = len(self.data.train_x)
+        steps = train_batch_count(n, cfg.batch_size, world)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         kept_sum, seen, skipped = None, 0, 0
@@ -216,13 +251,13 @@ class Trainer:
                    if b.is_floating_point()] if cfg.skip_nonfinite else []
         bar = tqdm(total=steps, desc=label, disable=self.quiet, leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(batches(self.data.train_x, self.data.train_y, self.data.scale, cfg.batch_size,
-                                           self.device, self.data_gen, self.data.augment)):
+                                           self.device, self.data_gen, self.data.augment, ranks=self.ranks)):
             if phase.step == "cure" and cfg.revision_schedule == "linear":
                 done = (phase_epoch * steps + i) / (phase.epochs * steps)
                 for group in setup.optimizer.param_groups:
                     group["revision_rate"] = cfg.revision_rate * (1.0 - done)
             saved = [b.clone() for b in buffers]
-            result = step_fn(setup, x, y)
+            result = step_fn(setup, x, y, len(y) * world / min(cfg.batch_size, n - i * cfg.batch_size))
             bar.update(1)
             if not result.finite:
                 if not cfg.skip_nonfinite:
@@ -240,11 +275,14 @@ class Trainer:
             seen += len(y)
             if result.kept is not None:
                 kept_sum = result.kept if kept_sum is None else kept_sum + result.kept
-            if seen and (i % 10 == 9 or i == steps - 1):  # a host sync: not every step
+            if seen and not self.quiet and (i % 10 == 9 or i == steps - 1):  # a host sync: not every step
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}")
         bar.close()
+        totals = self.ranks.sum_(torch.stack([loss_sum.double(), correct.double(),
+                                              torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
+        loss_total, correct_total, seen = totals.tolist()
         seen = seen or math.nan  # every step skipped: no loss to report
-        stats = {"loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen}
+        stats = {"loss": loss_total / seen, "train_acc": 100.0 * correct_total / seen}
         if cfg.skip_nonfinite:
             stats["skipped_steps"] = skipped
         if kept_sum is not None and any(setup.selective):
@@ -262,27 +300,29 @@ class Trainer:
         return evaluate(model, self.data, cfg.eps, self.device, step_size=cfg.eval_step_size, steps=cfg.eval_steps,
                         attacks=("pgd20", "cw") if final else ("pgd20",), limit=None if final else cfg.eval_limit,
                         batch_size=cfg.eval_batch_size, seed=cfg.seed, autoattack=final and cfg.autoattack,
-                        autocast=self.autocast)
+                        autocast=self.autocast, ranks=self.ranks)
 
     def _checkpoint(self, setup, scheduler, position) -> dict:
+        """last.pt's content; on every rank (it gathers the ranks' attack streams), saved by rank 0."""
+        rng = {"data": self.data_gen.get_state(), "attack": self.attack_gen.get_state(), **global_rng_state()}
+        if self.ranks.distributed:
+            rng["attack_ranks"] = self.ranks.gather(rng["attack"])
         return {"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
-                "model": self.model.state_dict(),
-                "revision_model": self.revision_model.state_dict() if self.revision_model is not None else None,
-                "optimizer": setup.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "position": {"phase": position[0], "phase_epoch": position[1]},
-                "rng": {"data": self.data_gen.get_state(), "attack": self.attack_gen.get_state(),
-                        **global_rng_state()},
+                "world_size": self.ranks.world, **self._training_state(setup), "scheduler": scheduler.state_dict(),
+                "position": {"phase": position[0], "phase_epoch": position[1]}, "rng": rng,
                 "records": self.records, "best": self.best}
 
     def _save_best(self, record: dict) -> None:
         self.best = {"epoch": record["epoch"], "pgd20_acc": record.get("pgd20_acc")}
-        save_atomic({"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
-                     "model": self.model.state_dict(), "record": record}, self.path("best.pt"))
+        if self.ranks.main:
+            save_atomic({"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
+                         "model": self.model.state_dict(), "record": record}, self.path("best.pt"))
 
     # ---- the run ------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        os.makedirs(self.out, exist_ok=True)
+        if self.ranks.main:
+            os.makedirs(self.out, exist_ok=True)
         start_phase, start_epoch = self.position
         for index, phase in enumerate(self.phases):
             first = start_epoch if index == start_phase else 0
@@ -295,21 +335,39 @@ class Trainer:
                 began = time.perf_counter()
                 lr = setup.optimizer.param_groups[0]["lr"]
                 stats = self.train_epoch(phase, setup, names, phase_epoch, label)
+                self._sync_buffers()
                 scheduler.step()
                 record = {"epoch": epoch, "phase": phase.name, "step": phase.step, "phase_epoch": phase_epoch + 1,
                           "lr": lr, **stats}
                 if (phase_epoch + 1) % cfg.eval_every == 0 or phase_epoch + 1 == phase.epochs:
                     acc = self._evaluate(self.model, final=False)
                     record.update(clean_acc=acc["clean_acc"], pgd20_acc=acc["pgd20_acc"])
+                if self.ranks.distributed:
+                    record["rank_weights_sha256"] = self._rank_digests(setup, epoch)
                 record["time_s"] = time.perf_counter() - began
                 self.records.append(record)
                 if phase.name == "train" and "pgd20_acc" in record and (
                         self.best is None or record["pgd20_acc"] > self.best["pgd20_acc"]):
                     self._save_best(record)
-                save_atomic(self._checkpoint(setup, scheduler, (index, phase_epoch + 1)), self.path("last.pt"))
-                write_csv(self.records, self.path("log.csv"))
+                ckpt = self._checkpoint(setup, scheduler, (index, phase_epoch + 1))
+                if self.ranks.main:
+                    save_atomic(ckpt, self.path("last.pt"))
+                    write_csv(self.records, self.path("log.csv"))
                 self._log_epoch(label, record)
         return self._finish()
+
+    def _rank_digests(self, setup: StepSetup, epoch: int) -> list:
+        """Every rank's digest of what last.pt keeps of the training state (model, revision model, optimizer):
+        equal when the ranks are in step, as they must be."""
+        digests = self.ranks.gather(distributed.state_digest(self._training_state(setup)))
+        if self.ranks.main and len(set(digests)) > 1:
+            tqdm.write(f"warning: after epoch {epoch} the ranks' weights differ (rank_weights_sha256 in "
+                       "metrics.json); please report this with the run's options")
+        return digests
+
+    def _training_state(self, setup: StepSetup) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+                "revision_model": self.revision_model.state_dict() if self.revision_model is not None else None}
 
     def _log_epoch(self, label: str, r: dict) -> None:
         if self.quiet:
@@ -331,12 +389,15 @@ class Trainer:
         if self.best["epoch"] == last_epoch:
             best = dict(final)
         else:
-            model = model_from_checkpoint(read_checkpoint(self.path("best.pt")), self.path("best.pt"))
+            path = self.path("best.pt")
+            model = model_from_checkpoint(self.ranks.from_main(lambda: read_checkpoint(path)), path)
             best = {**self._evaluate(model.to(self.device), final=True), "epoch": self.best["epoch"]}
         wall = sum(r["time_s"] for r in self.records) + time.perf_counter() - began
         metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "epochs": self.records,
                    "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.records), "wall_time_s": wall,
-                   "device": str(self.device), "torch": torch.__version__}
+                   "device": str(self.device), "torch": torch.__version__, "world_size": self.ranks.world}
+        if not self.ranks.main:
+            return metrics
         write_csv(self.records, self.path("log.csv"))  # again: a kill may have come between last.pt and the log
         write_json_atomic(metrics, self.path("metrics.json"))
         if self.records:
@@ -346,8 +407,9 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str, quiet: bool = False, resume: bool = False) -> dict:
-    """Run (or, with resume, continue) a training run into out_dir; returns the metrics written there."""
-    with cpu_threads(cfg.threads, cfg.model):
+    """Run (or, with resume, continue) a training run into out_dir; returns the metrics written there.
+    Under torchrun, every process calls this, and they train as one data-parallel run."""
+    with distributed.process_group(), cpu_threads(cfg.threads, cfg.model):
         trainer = Trainer(cfg, out_dir, quiet)
         if resume:
             trainer.load_last()
