@@ -28,8 +28,9 @@ from train_runs import read_metrics, without_times
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 301 training examples in batches of 64: the last batch (45) splits unevenly, 23 + 22; 90 test examples in
 # evaluation batches of 32: rank 0 attacks batches 1 and 3, rank 1 batch 2.
-RUN = ["--pretrain-epochs", "1", "--epochs", "3", "--train-limit", "301", "--test-limit", "90", "--eval-limit", "40",
-       "--batch-size", "64", "--eval-batch-size", "32", "--attack-steps", "2", "--eval-steps", "3", "--quiet"]
+SHAPE = ["--train-limit", "301", "--test-limit", "90", "--eval-limit", "40", "--batch-size", "64", "--eval-batch-size",
+         "32", "--attack-steps", "2", "--eval-steps", "3", "--quiet"]
+RUN = ["--pretrain-epochs", "1", "--epochs", "3", *SHAPE]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
@@ -101,11 +102,14 @@ def test_under_torchrun_a_process_takes_the_gpu_of_its_local_rank_only(monkeypat
     assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda", 1)
 
 
-def test_cure_compare_under_torchrun_says_to_use_cure_train(monkeypatch, capsys):
+def test_cure_compare_under_torchrun_says_to_use_cure_train_once(monkeypatch, capsys):
+    """Every rank refuses; rank 0 alone prints it (an option error is the same on every rank)."""
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    assert cli.compare_main(["--out", "never-written"]) == 2
-    assert "cure-compare [rank 1]: error: cure-compare runs in one process" in capsys.readouterr().err
+    for rank, printed in (("0", "cure-compare: error: cure-compare runs in one process; for several processes, "
+                                "run each method with cure-train under torchrun\n"), ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        assert cli.compare_main(["--out", "never-written"]) == 2
+        assert capsys.readouterr().err == printed
     assert not os.path.exists("never-written")
 
 
@@ -177,6 +181,47 @@ def test_a_data_parallel_cure_step_is_the_one_process_step_on_the_whole_batch(tm
     assert all(moved)  # the test is not vacuous: every tensor took a step
 
 
+def _errors_worker(rank, world, init_file, result_file):
+    import torch.distributed as dist
+
+    from cure_ext.train.errors import DataError
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    ranks, seen = Ranks(rank, world), []
+
+    def fails_on(bad_ranks, error):
+        def fn():
+            if rank in bad_ranks:
+                raise error
+            return rank
+        return fn
+
+    for call in (lambda: ranks.agreed(fails_on({1}, DataError("no data on this node"))),
+                 lambda: ranks.agreed(fails_on({0, 1, 2}, DataError("missing file"))),
+                 lambda: ranks.from_main(fails_on({0}, cli.ConfigError("bad folder"))),
+                 lambda: ranks.agreed(fails_on(set(), None))):
+        try:
+            seen.append(("ok", call()))
+        except Exception as e:
+            seen.append((type(e).__name__, str(e), getattr(e, "shared", False)))
+    torch.save(seen, f"{result_file}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_an_error_on_some_ranks_stops_every_rank_and_is_reported_once(tmp_path):
+    result = str(tmp_path / "seen")
+    mp.spawn(_errors_worker, args=(3, str(tmp_path / "init"), result), nprocs=3, join=True)
+    seen = [torch.load(f"{result}.{r}") for r in range(3)]
+    # One rank without its data: it reports its own error; the others stop, naming it (rank 0 reports that).
+    assert seen[1][0] == ("DataError", "no data on this node", False)
+    for r in (0, 2):
+        assert seen[r][0] == ("PeerError", "rank 1 of 3 failed (DataError: no data on this node)", True)
+    for r in range(3):
+        assert seen[r][1] == ("DataError", "missing file", True)  # the same on every rank: rank 0 reports it
+        assert seen[r][2] == ("ConfigError", "bad folder", True)  # rank 0's file check, raised everywhere
+        assert seen[r][3] == ("ok", r)
+
+
 # ---- torchrun end to end -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -242,6 +287,14 @@ def test_rank_zero_alone_writes_and_prints(two_process_run):
     assert stdout.count("last (epoch 4)") == 1 and stdout.count("outputs in") == 1
 
 
+def epochs_logged(log):
+    try:
+        with open(log) as f:
+            return max(0, len(f.read().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
 def kill_with_workers(proc):
     """SIGKILL torchrun's workers (each in a session of its own) and torchrun: a machine going down."""
     def parent(pid):
@@ -260,24 +313,60 @@ def kill_with_workers(proc):
 
 
 @pytest.mark.slow
-def test_a_killed_two_process_run_resumes_to_the_uninterrupted_result(two_process_run, tmp_path):
-    reference, _ = two_process_run
-    out = str(tmp_path / "killed")
-    proc = torchrun(["-m", "cure_ext.train", *RUN, "--out", out])
-    last = os.path.join(out, "last.pt")
+def test_a_killed_three_process_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """Three ranks: the order in which a reduction sums them depends on DDP's bucket layout, which must
+    therefore be the same for a resumed run as for the uninterrupted one."""
+    reference, out = str(tmp_path / "reference"), str(tmp_path / "killed")
+    three = ["--nproc_per_node=3" if a.startswith("--nproc_per_node") else a for a in TORCHRUN]
+    run = ["-m", "cure_ext.train", "--pretrain-epochs", "1", "--epochs", "4", *SHAPE]
+    finished(subprocess.Popen(three + run + ["--out", reference], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True))
+    proc = subprocess.Popen(three + run + ["--out", out], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    last, log = os.path.join(out, "last.pt"), os.path.join(out, "log.csv")
     deadline = time.monotonic() + 300
-    while not os.path.exists(last) and proc.poll() is None and time.monotonic() < deadline:
+    while epochs_logged(log) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert os.path.exists(last), proc.communicate()[1]
-    delay = random.uniform(0.0, 1.5)
+    assert epochs_logged(log) >= 2, proc.communicate()[1]  # pre-training and the first CURE epoch are saved
+    delay = random.uniform(0.0, 0.3)  # into the second or third CURE epoch (each takes longer than that here)
     time.sleep(delay)
     kill_with_workers(proc)
     proc.communicate()
-    finished(torchrun(["-m", "cure_ext.train", "--resume", "--out", out, "--quiet"]))
+    position = read_last(last)["position"]
+    assert position["phase"] == 1 and 1 <= position["phase_epoch"] < 4, position  # resumed inside the phase
+    resumed = subprocess.Popen(three + ["-m", "cure_ext.train", "--resume", "--out", out, "--quiet"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finished(resumed)
     assert without_times(read_metrics(out)) == without_times(read_metrics(reference)), delay
     for name in ("last.pt", "best.pt"):
         a, b = read_checkpoint(os.path.join(out, name)), read_checkpoint(os.path.join(reference, name))
         assert state_digest(a["model"]) == state_digest(b["model"]), (name, delay)
+
+
+@pytest.mark.slow
+def test_cure_eff_with_sparse_evaluation_and_skipped_steps_keeps_ranks_in_step(tmp_path):
+    """CURE_Eff: a new DDP wrapper at the phase change; --eval-every 2 leaves epochs unevaluated."""
+    out = str(tmp_path / "eff")
+    finished(torchrun(["-m", "cure_ext.train", *SHAPE, "--method", "cure-eff", "--epochs", "4", "--eval-every", "2",
+                       "--skip-nonfinite", "--out", out]))
+    records = read_metrics(out)["epochs"]
+    assert [r["phase"] for r in records] == ["warmup", "warmup", "train", "train"]
+    assert [("pgd20_acc" in r) for r in records] == [False, True, False, True]
+    assert all(r["skipped_steps"] == 0 and len(set(r["rank_weights_sha256"])) == 1 for r in records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options,message", [
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent"], "missing data file /nonexistent/"),
+    (["--batch-size", "1"], "--batch-size 1 is smaller than the number of processes (2)"),
+])
+def test_an_error_every_rank_meets_is_printed_once_without_a_traceback_from_us(tmp_path, options, message):
+    proc = torchrun(["-m", "cure_ext.train", *RUN, *options, "--out", str(tmp_path / "run")])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("cure-train")]
+    assert len(ours) == 1 and ours[0].startswith("cure-train: error: ") and message in ours[0], err[-3000:]
+    assert not os.path.exists(tmp_path / "run" / "last.pt")
 
 
 @pytest.mark.slow

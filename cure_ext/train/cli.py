@@ -111,16 +111,22 @@ def _config_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if k in fields and v is not None}
 
 
-def _guard(prog: str, body: Callable[[], int]) -> int:
-    if distributed.launched_world() > 1:
+def _report(prog: str, error: BaseException) -> None:
+    if not distributed.reports(error):
+        return
+    if distributed.launched_world() > 1 and not getattr(error, "shared", False):
         prog = f"{prog} [rank {os.environ.get('RANK', '?')}]"
+    sys.stderr.write(f"{prog}: error: {error}\n")  # one write, so that the ranks' lines do not interleave
+
+
+def _guard(prog: str, body: Callable[[], int]) -> int:
     try:
         return body()
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        _report(prog, e)
         return e.exit_code
     except OSError as e:  # the file system refused a write (disk full, read-only, ...): no traceback either
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        _report(prog, e)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (a cure-train run continues with --resume --out DIR)", file=sys.stderr)
@@ -256,8 +262,8 @@ def _eval(args: argparse.Namespace) -> int:
     _check_autoattack(args.autoattack)
     with distributed.process_group() as ranks:
         model, config = ranks.from_main(lambda: load_checkpoint(args.checkpoint))
-        data = load_dataset(config["dataset"], args.data_dir or config.get("data_dir"))
-        device = resolve_device(args.device)
+        data, device = ranks.agreed(lambda: (load_dataset(config["dataset"], args.data_dir or config.get("data_dir")),
+                                             resolve_device(args.device)))
         eps = args.eps if args.eps is not None else config["eps"]
         with cpu_threads(args.threads, config["model"]):
             result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,

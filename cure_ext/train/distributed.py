@@ -4,9 +4,10 @@ the trainer needs.
 One process per device, gloo on CPU and nccl on CUDA. Every rank holds the whole model and data set; each
 global batch of --batch-size (the batch of a one-process run) is cut into contiguous shards, one per rank.
 Gradients are averaged over ranks, weighted by shard size, before any optimizer step, so every rank takes
-the same step (CURE: the same masks and, from the same seed, the same revision draws). Files are read and
-written by rank 0 only; what the others need of a file reaches them by broadcast, so no rank depends on a
-shared file system, and an error reading a file is raised on every rank alike.
+the same step (CURE: the same masks and, from the same seed, the same revision draws). Rank 0 alone writes
+files and reads the run's own (checkpoints, the output folder): the others get what they need by broadcast,
+so an error reading one is raised on every rank alike. Every rank loads the data set itself. A set-up step
+that can fail on some ranks only (the data, the GPU) is agreed on, so that no rank is left waiting.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from .errors import ConfigError
+from .errors import ConfigError, PeerError
 
 T = TypeVar("T")
 
@@ -107,11 +108,41 @@ class Ranks:
         dist.broadcast_object_list(payload, src=0)
         ok, value = payload[0]
         if not ok:
-            raise value
+            raise shared(value)
         return value
+
+    def agreed(self, fn: Callable[[], T]) -> T:
+        """fn() on every rank (a set-up step that may fail on some ranks only, such as finding the data or a
+        GPU); if it fails anywhere, it fails everywhere, instead of the other ranks waiting in a collective."""
+        if not self.distributed:
+            return fn()
+        try:
+            result, error = fn(), None
+        except Exception as e:
+            result, error = None, e
+        failures = self.gather(None if error is None else f"{type(error).__name__}: {error}")
+        failed = [r for r, f in enumerate(failures) if f is not None]
+        if error is not None:  # the same on every rank: rank 0 reports it; else each failed rank its own
+            error.shared = len(set(failures)) == 1
+            raise error
+        if failed:
+            raise shared(PeerError(f"rank {failed[0]} of {self.world} failed ({failures[failed[0]]})"))
+        return result
 
 
 SINGLE = Ranks()
+
+
+def shared(error: BaseException) -> BaseException:
+    """Marks an error that every rank met alike, so that rank 0 alone reports it."""
+    error.shared = True
+    return error
+
+
+def reports(error: BaseException) -> bool:
+    """Whether this process should print the error: always in one process; under torchrun, rank 0 prints
+    the errors that every rank met alike, and each rank its own."""
+    return launched_world() == 1 or os.environ.get("RANK") == "0" or not getattr(error, "shared", False)
 
 
 def current() -> Ranks:
@@ -150,6 +181,7 @@ def process_group() -> Iterator[Ranks]:
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     try:
         yield current()
+        dist.barrier()  # leave together: gloo can abort a process that tears down while a peer still works
     finally:
         dist.destroy_process_group()
 

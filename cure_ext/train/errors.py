@@ -6,10 +6,17 @@ class UserError(Exception):
     """Base of the errors the command-line tools report without a traceback."""
 
     exit_code = 2
+    shared = False  # under torchrun: met by every rank alike, so reported by rank 0 alone
+
+
+class PeerError(UserError):
+    """Under torchrun: another process failed (it reports its own error), so this one stops too."""
 
 
 class ConfigError(UserError, ValueError):
     """An invalid option or combination of options."""
+
+    shared = True  # every rank has the same options
 
 
 class DataError(UserError):

@@ -15,8 +15,9 @@ before writing anything for that epoch, or, with --skip-nonfinite, counts the st
 
 Under torchrun (see distributed.py) every rank runs this loop on its shard of each batch; rank 0 alone
 writes files and prints. Each rank draws its attack starts from its own stream, which last.pt keeps for
-every rank; at the end of each epoch the BN buffers of rank 0 are broadcast (DDP keeps only the weights
-in step), so that every rank evaluates, checkpoints and resumes the same model.
+every rank. DDP broadcasts rank 0's BN buffers before each training forward, but the last forward of an
+epoch moves each rank's own: they are broadcast once more after each epoch, so that every rank evaluates,
+checkpoints and resumes the same model.
 """
 from __future__ import annotations
 
@@ -134,12 +135,15 @@ def set_global_rng_state(rng: dict) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str, quiet: bool = False):
         self.cfg, self.out = cfg, out_dir
-        self.device = resolve_device(cfg.device)
         self.ranks = distributed.current()
+        if cfg.batch_size < self.ranks.world:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes "
+                              f"({self.ranks.world}): every rank needs an example")
         self.quiet = quiet or not self.ranks.main
+        self.device, self.data = self.ranks.agreed(lambda: (resolve_device(cfg.device), load_dataset(
+            cfg.dataset, cfg.data_dir).limited(cfg.train_limit, cfg.test_limit)))
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16
                          else contextlib.nullcontext)
-        self.data = load_dataset(cfg.dataset, cfg.data_dir).limited(cfg.train_limit, cfg.test_limit)
         self.spec = model_spec(cfg.model, self.data.num_classes, self.data.in_channels)
         self.model = build_model(cfg.model, self.data.num_classes, self.data.in_channels, cfg.seed)
         if cfg.init_checkpoint:
@@ -212,8 +216,7 @@ class Trainer:
         else:
             optimizer = torch.optim.SGD(params, lr=phase.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         setup = StepSetup(self.model, optimizer, params, self.attack_gen, cfg.eps, cfg.attack_step_size,
-                          cfg.attack_steps, beta=cfg.beta, autocast=self.autocast, forward=self._ddp(),
-                          ranks=self.ranks, **cure)
+                          cfg.attack_steps, beta=cfg.beta, autocast=self.autocast, ranks=self.ranks, **cure)
         scheduler = make_scheduler(setup.optimizer, cfg, phase)
         if resuming:
             try:
@@ -223,10 +226,13 @@ class Trainer:
                 raise CheckpointError(f"{self.path('last.pt')}: optimizer state does not fit ({e})") from None
         return setup, scheduler, names
 
-    def _ddp(self) -> Optional[torch.nn.Module]:
-        """DDP's wrapper for the training forwards (built per phase: the trainable tensors may change)."""
+    def _forward_module(self) -> torch.nn.Module:
+        """The module of the training forwards: the model, or under torchrun a new DDP wrapper of it. New every
+        epoch: DDP re-buckets the gradients after a wrapper's first step, and with three ranks or more the
+        buckets decide the order of the sums; a resumed run, which starts at an epoch with a new wrapper,
+        then sums every step as the uninterrupted run did."""
         if not self.ranks.distributed:
-            return None
+            return self.model
         # 1x1 convolutions' weight gradients differ from their bucket only in the strides of size-1 dims (the
         # same memory order), which DDP flags once per process; the copy into the bucket is made either way.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -242,6 +248,7 @@ class Trainer:
         cfg, step_fn, world = self.cfg, STEPS[phase.step], self.ranks.world
         n = len(self.data.train_x)
         steps = train_batch_count(n, cfg.batch_size, world)
+        setup.forward = self._forward_module()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         kept_sum, seen, skipped = None, 0, 0
@@ -260,12 +267,12 @@ class Trainer:
             result = step_fn(setup, x, y, len(y) * world / min(cfg.batch_size, n - i * cfg.batch_size))
             bar.update(1)
             if not result.finite:
-                if not cfg.skip_nonfinite:
-                    raise DivergedError(
+                if not cfg.skip_nonfinite:  # the verdict is every rank's: all stop here
+                    raise distributed.shared(DivergedError(
                         f"non-finite loss or gradient at epoch {len(self.records) + 1} ({label}), step {i + 1} of "
                         f"{steps}: training stopped before that update, and nothing of this epoch was written "
                         "(last.pt, if any, holds the last completed epoch). Lower --lr, or continue with --resume "
-                        "--skip-nonfinite to skip such steps")
+                        "--skip-nonfinite to skip such steps"))
                 for b, v in zip(buffers, saved):
                     b.copy_(v)
                 skipped += 1
