@@ -5,6 +5,7 @@ does; rank 0 alone writes and prints; a killed 2-process run resumes to the unin
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -148,17 +149,28 @@ def _cure_steps(model, x_shards, y_shards, weights, ranks, forward, verdicts=Non
 def _data_parallel_worker(rank, world, init_file, result_file):
     import torch.distributed as dist
 
+    from cure_ext.train import steps
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model, x, y = _cure_model_and_batch()
     ranks = Ranks(rank, world)
     part = ranks.shard(len(y))
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    # Two steps on the uneven 7-example batch (4 + 3), each rank's loss weighted by its share, then a step
-    # whose input is NaN on rank 1 only: no rank may update.
+    # Two steps on the uneven 7-example batch (4 + 3), each rank's loss weighted by its share; a third whose
+    # input is NaN on rank 1 only (the NaN reaches every rank through the averaged gradients); a fourth whose
+    # loss alone is non-finite on rank 1 (its gradients finite, as an infinite loss can have): no rank may
+    # update in either.
     x_nan = x[part].clone().fill_(float("nan")) if rank == 1 else x[part]
+    real_check, checks = steps.all_finite, []
+
+    def check(loss, *grad_lists):
+        checks.append(1)
+        return real_check(loss, *grad_lists) and not (rank == 1 and len(checks) == 4)
+
+    steps.all_finite = check
     verdicts = []
-    out = _cure_steps(model, [x[part], x[part], x_nan], [y[part]] * 3, [len(y[part]) * world / len(y)] * 3, ranks,
-                      ddp, verdicts)
+    out = _cure_steps(model, [x[part], x[part], x_nan, x[part]], [y[part]] * 4, [len(y[part]) * world / len(y)] * 4,
+                      ranks, ddp, verdicts)
     torch.save((out, verdicts), f"{result_file}.{rank}")
     dist.destroy_process_group()
 
@@ -172,7 +184,7 @@ def test_a_data_parallel_cure_step_is_the_one_process_step_on_the_whole_batch(tm
     model, x, y = _cure_model_and_batch()
     expected = _cure_steps(model, [x, x], [y, y], [1.0, 1.0], Ranks(), None)
     (rank0, verdicts0), (rank1, verdicts1) = torch.load(f"{result}.0"), torch.load(f"{result}.1")
-    assert verdicts0 == verdicts1 == [True, True, False]
+    assert verdicts0 == verdicts1 == [True, True, False, False]
     for a, b, e in zip(rank0, rank1, expected):
         assert torch.equal(a, b)  # the same update on both ranks, bit for bit
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
@@ -361,12 +373,28 @@ def test_cure_eff_with_sparse_evaluation_and_skipped_steps_keeps_ranks_in_step(t
     (["--batch-size", "1"], "--batch-size 1 is smaller than the number of processes (2)"),
 ])
 def test_an_error_every_rank_meets_is_printed_once_without_a_traceback_from_us(tmp_path, options, message):
-    proc = torchrun(["-m", "cure_ext.train", *RUN, *options, "--out", str(tmp_path / "run")])
+    assert_reported_once(torchrun(["-m", "cure_ext.train", *RUN, *options, "--out", str(tmp_path / "run")]), message)
+    assert not os.path.exists(tmp_path / "run" / "last.pt")
+
+
+def assert_reported_once(proc, message):
+    """Our one-line error, printed by rank 0 alone; the workers exited with 2 (or were stopped by torchrun as
+    they left), none aborted and none printed a traceback; torchrun then fails with its own report."""
     _, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
     ours = [line for line in err.splitlines() if line.startswith("cure-train")]
     assert len(ours) == 1 and ours[0].startswith("cure-train: error: ") and message in ours[0], err[-3000:]
-    assert not os.path.exists(tmp_path / "run" / "last.pt")
+    assert "terminate called" not in err and err.count("Traceback") == 1 and "ChildFailedError" in err, err
+    codes = set(re.findall(r"exitcode\s*:\s*(-?\d+)", err))
+    assert "2" in codes and codes <= {"2", "-15"}, err[-3000:]
+
+
+@pytest.mark.slow
+def test_a_failed_write_by_rank_zero_stops_every_rank_with_one_message(tmp_path):
+    """The plot's path is taken by a folder: rank 0's write fails at the end of the run; all ranks stop."""
+    out = tmp_path / "run"
+    os.makedirs(out / "accuracy.png")
+    assert_reported_once(torchrun(["-m", "cure_ext.train", *RUN, "--out", str(out)]), "Is a directory")
 
 
 @pytest.mark.slow

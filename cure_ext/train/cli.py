@@ -10,6 +10,7 @@ checks and reads the files and prints the results; an error is printed by every 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -34,7 +35,8 @@ class Parser(argparse.ArgumentParser):
     """argparse whose errors are one paragraph like the others (its default adds a usage of many lines)."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # Under torchrun every rank parses the same options: rank 0 alone says what is wrong.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if distributed.is_rank0() else None)
 
 
 def number(text: str) -> float:
@@ -117,20 +119,33 @@ def _report(prog: str, error: BaseException) -> None:
     if distributed.launched_world() > 1 and not getattr(error, "shared", False):
         prog = f"{prog} [rank {os.environ.get('RANK', '?')}]"
     sys.stderr.write(f"{prog}: error: {error}\n")  # one write, so that the ranks' lines do not interleave
+    sys.stderr.flush()
 
 
-def _guard(prog: str, body: Callable[[], int]) -> int:
+def _guard(prog: str, body: Callable[[], int], group: bool = True) -> int:
+    """Runs a tool's body (under torchrun, inside the process group unless group=False) and reports its
+    errors."""
     try:
-        return body()
-    except UserError as e:
+        with distributed.process_group(leave_together=False) if group else contextlib.nullcontext(
+                distributed.SINGLE) as ranks:
+            return _settled(prog, body, ranks)
+    except UserError as e:  # from setting up the process group
         _report(prog, e)
         return e.exit_code
-    except OSError as e:  # the file system refused a write (disk full, read-only, ...): no traceback either
+
+
+def _settled(prog: str, body: Callable[[], int], ranks: distributed.Ranks) -> int:
+    try:
+        status, error = body(), None
+    except (UserError, OSError) as e:  # OSError: the file system refused a write (disk full, read-only, ...)
         _report(prog, e)
-        return 2
+        status, error = getattr(e, "exit_code", 2), e
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (a cure-train run continues with --resume --out DIR)", file=sys.stderr)
         return 130
+    if error is None or distributed.together(error):
+        ranks.barrier()  # leave together, rank 0's report printed: gloo can abort a rank whose peer left early
+    return status
 
 
 def _check_autoattack(wanted: Optional[bool]) -> None:
@@ -211,17 +226,15 @@ def _run_folder(args: argparse.Namespace, options: dict) -> tuple[TrainConfig, s
 
 
 def _train(args: argparse.Namespace) -> int:
-    options = _config_options(args)
-    with distributed.process_group() as ranks:
-        cfg, out = ranks.from_main(lambda: _run_folder(args, options))
-        _check_autoattack(cfg.autoattack)
-        began = time.perf_counter()
-        metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
-        if ranks.main:
-            final, best = metrics["final"], metrics["best"]
-            print(results_table([(f"last (epoch {final['epoch']})", final),
-                                 (f"best (epoch {best['epoch']})", best)]))
-            print(f"outputs in {out} ({time.perf_counter() - began:.0f} s)")
+    options, ranks = _config_options(args), distributed.current()
+    cfg, out = ranks.from_main(lambda: _run_folder(args, options))
+    ranks.agreed(lambda: _check_autoattack(cfg.autoattack))
+    began = time.perf_counter()
+    metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
+    if ranks.main:
+        final, best = metrics["final"], metrics["best"]
+        print(results_table([(f"last (epoch {final['epoch']})", final), (f"best (epoch {best['epoch']})", best)]))
+        print(f"outputs in {out} ({time.perf_counter() - began:.0f} s)")
     return 0
 
 
@@ -230,7 +243,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     if args is None:
         return status
     if args.list_recipes:
-        print(recipes_table())
+        if distributed.is_rank0():
+            print(recipes_table())
         return 0
     return _guard("cure-train", lambda: _train(args))
 
@@ -259,21 +273,21 @@ def eval_parser() -> argparse.ArgumentParser:
 def _eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be >= 1")
-    _check_autoattack(args.autoattack)
-    with distributed.process_group() as ranks:
-        model, config = ranks.from_main(lambda: load_checkpoint(args.checkpoint))
-        data, device = ranks.agreed(lambda: (load_dataset(config["dataset"], args.data_dir or config.get("data_dir")),
-                                             resolve_device(args.device)))
-        eps = args.eps if args.eps is not None else config["eps"]
-        with cpu_threads(args.threads, config["model"]):
-            result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
-                              steps=args.steps, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-                              autoattack=args.autoattack, ranks=ranks)
+    ranks = distributed.current()
+    ranks.agreed(lambda: _check_autoattack(args.autoattack))
+    model, config = ranks.from_main(lambda: load_checkpoint(args.checkpoint))
+    data, device = ranks.agreed(lambda: (load_dataset(config["dataset"], args.data_dir or config.get("data_dir")),
+                                         resolve_device(args.device)))
+    eps = args.eps if args.eps is not None else config["eps"]
+    with cpu_threads(args.threads, config["model"]):
+        result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
+                          steps=args.steps, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
+                          autoattack=args.autoattack, ranks=ranks)
     result["eps"] = eps
     if ranks.main:
         print(results_table([(os.path.basename(args.checkpoint), result)]))
-        if args.json:
-            write_json_atomic(result, args.json)
+    if args.json:
+        ranks.from_main(lambda: write_json_atomic(result, args.json))
     return 0
 
 
@@ -318,4 +332,4 @@ def compare_main(argv: Optional[Sequence[str]] = None) -> int:
     args, status = _parse(compare_parser(), argv)
     if args is None:
         return status
-    return _guard("cure-compare", lambda: _compare(args))
+    return _guard("cure-compare", lambda: _compare(args), group=False)  # it refuses to run under torchrun

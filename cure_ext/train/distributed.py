@@ -87,6 +87,10 @@ class Ranks:
             for t in tensors:
                 dist.broadcast(t, src=0)
 
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
     def gather(self, obj: T) -> list[T]:
         """Every rank's obj, in rank order, on every rank."""
         if not self.distributed:
@@ -123,7 +127,7 @@ class Ranks:
         failures = self.gather(None if error is None else f"{type(error).__name__}: {error}")
         failed = [r for r, f in enumerate(failures) if f is not None]
         if error is not None:  # the same on every rank: rank 0 reports it; else each failed rank its own
-            error.shared = len(set(failures)) == 1
+            error.shared, error.together = len(set(failures)) == 1, True
             raise error
         if failed:
             raise shared(PeerError(f"rank {failed[0]} of {self.world} failed ({failures[failed[0]]})"))
@@ -133,16 +137,29 @@ class Ranks:
 SINGLE = Ranks()
 
 
+# Two marks on an error under torchrun: `shared`, every rank met it alike, so rank 0 alone reports it (errors.py
+# marks whole classes so); `together`, every rank stopped at the same point (shared errors, and whatever
+# `agreed` raises), so the ranks can leave together once rank 0 has printed.
+
 def shared(error: BaseException) -> BaseException:
-    """Marks an error that every rank met alike, so that rank 0 alone reports it."""
+    """Marks an error that every rank met alike."""
     error.shared = True
     return error
 
 
+def together(error: BaseException) -> bool:
+    return getattr(error, "together", getattr(error, "shared", False))
+
+
+def is_rank0() -> bool:
+    """Rank 0 of a torchrun job, or a process that torchrun did not start."""
+    return launched_world() == 1 or os.environ.get("RANK") == "0"
+
+
 def reports(error: BaseException) -> bool:
-    """Whether this process should print the error: always in one process; under torchrun, rank 0 prints
-    the errors that every rank met alike, and each rank its own."""
-    return launched_world() == 1 or os.environ.get("RANK") == "0" or not getattr(error, "shared", False)
+    """Whether this process should print the error: rank 0 prints the errors every rank met alike, and each
+    rank its own."""
+    return is_rank0() or not getattr(error, "shared", False)
 
 
 def current() -> Ranks:
@@ -166,10 +183,12 @@ def rank_device(device: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def process_group() -> Iterator[Ranks]:
+def process_group(leave_together: bool = True) -> Iterator[Ranks]:
     """Under torchrun with several processes, the process group, torn down afterwards; otherwise SINGLE.
     Collectives on CPU tensors go through gloo, on CUDA tensors through nccl (one group serves a run on
-    either device, so it can start before the run's configuration is known). Re-entrant."""
+    either device, so it can start before the run's configuration is known). Re-entrant. leave_together:
+    a barrier before the teardown when the body ends normally (gloo can abort a process whose peer tears
+    down while it still works); a caller that handles errors itself passes False and meets the barrier."""
     if launched_world() == 1 or (dist.is_available() and dist.is_initialized()):
         yield current()
         return
@@ -181,7 +200,8 @@ def process_group() -> Iterator[Ranks]:
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo")
     try:
         yield current()
-        dist.barrier()  # leave together: gloo can abort a process that tears down while a peer still works
+        if leave_together:
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 

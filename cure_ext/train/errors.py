@@ -6,7 +6,7 @@ class UserError(Exception):
     """Base of the errors the command-line tools report without a traceback."""
 
     exit_code = 2
-    shared = False  # under torchrun: met by every rank alike, so reported by rank 0 alone
+    shared = False  # under torchrun: met by every rank alike, so reported by rank 0 alone (distributed.py)
 
 
 class PeerError(UserError):
@@ -26,8 +26,11 @@ class DataError(UserError):
 class CheckpointError(UserError):
     """A missing, corrupt or mismatched checkpoint."""
 
+    shared = True  # rank 0 reads checkpoints; every rank checks the one it broadcast alike
+
 
 class DivergedError(UserError):
     """A non-finite loss or gradient stopped training (the message names the epoch and step)."""
 
     exit_code = 3
+    shared = True  # the finiteness verdict is every rank's

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import os
 import random
@@ -268,11 +269,11 @@ class Trainer:
             bar.update(1)
             if not result.finite:
                 if not cfg.skip_nonfinite:  # the verdict is every rank's: all stop here
-                    raise distributed.shared(DivergedError(
+                    raise DivergedError(
                         f"non-finite loss or gradient at epoch {len(self.records) + 1} ({label}), step {i + 1} of "
                         f"{steps}: training stopped before that update, and nothing of this epoch was written "
                         "(last.pt, if any, holds the last completed epoch). Lower --lr, or continue with --resume "
-                        "--skip-nonfinite to skip such steps"))
+                        "--skip-nonfinite to skip such steps")
                 for b, v in zip(buffers, saved):
                     b.copy_(v)
                 skipped += 1
@@ -285,6 +286,9 @@ class Trainer:
             if seen and not self.quiet and (i % 10 == 9 or i == steps - 1):  # a host sync: not every step
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}")
         bar.close()
+        if self.ranks.distributed:  # DDP wrappers sit in reference cycles: free this one (buckets, hooks) now
+            setup.forward = self.model
+            gc.collect()
         totals = self.ranks.sum_(torch.stack([loss_sum.double(), correct.double(),
                                               torch.tensor(float(seen), dtype=torch.float64, device=self.device)]))
         loss_total, correct_total, seen = totals.tolist()
@@ -321,15 +325,14 @@ class Trainer:
 
     def _save_best(self, record: dict) -> None:
         self.best = {"epoch": record["epoch"], "pgd20_acc": record.get("pgd20_acc")}
-        if self.ranks.main:
-            save_atomic({"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
-                         "model": self.model.state_dict(), "record": record}, self.path("best.pt"))
+        ckpt = {"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
+                "model": self.model.state_dict(), "record": record}
+        self.ranks.from_main(lambda: save_atomic(ckpt, self.path("best.pt")))  # a failed write stops every rank
 
     # ---- the run ------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        if self.ranks.main:
-            os.makedirs(self.out, exist_ok=True)
+        self.ranks.from_main(lambda: os.makedirs(self.out, exist_ok=True))
         start_phase, start_epoch = self.position
         for index, phase in enumerate(self.phases):
             first = start_epoch if index == start_phase else 0
@@ -357,9 +360,8 @@ class Trainer:
                         self.best is None or record["pgd20_acc"] > self.best["pgd20_acc"]):
                     self._save_best(record)
                 ckpt = self._checkpoint(setup, scheduler, (index, phase_epoch + 1))
-                if self.ranks.main:
-                    save_atomic(ckpt, self.path("last.pt"))
-                    write_csv(self.records, self.path("log.csv"))
+                self.ranks.from_main(lambda: (save_atomic(ckpt, self.path("last.pt")),
+                                              write_csv(self.records, self.path("log.csv"))))
                 self._log_epoch(label, record)
         return self._finish()
 
@@ -403,14 +405,15 @@ class Trainer:
         metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "epochs": self.records,
                    "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.records), "wall_time_s": wall,
                    "device": str(self.device), "torch": torch.__version__, "world_size": self.ranks.world}
-        if not self.ranks.main:
-            return metrics
+        self.ranks.from_main(lambda: self._write_outputs(metrics))
+        return metrics
+
+    def _write_outputs(self, metrics: dict) -> None:
         write_csv(self.records, self.path("log.csv"))  # again: a kill may have come between last.pt and the log
         write_json_atomic(metrics, self.path("metrics.json"))
         if self.records:
             plots.plot_accuracy(self.records, self.path("accuracy.png"))
             plots.plot_update_fraction(self.records, self.path("update_fraction.png"))
-        return metrics
 
 
 def train(cfg: TrainConfig, out_dir: str, quiet: bool = False, resume: bool = False) -> dict:
