@@ -5,7 +5,8 @@ paragraph with exit status 2, without a traceback, and never after overwriting a
 diverges (non-finite loss or gradient) stops with exit status 3, its last good last.pt kept.
 
 Under torchrun, cure-train and cure-eval run as one job over the processes (see distributed.py): rank 0
-checks and reads the files and prints the results; an error is printed by every rank that meets it.
+checks, reads and writes the files and prints the results; an error that every rank meets is printed by
+rank 0 alone, one that only some ranks meet by each of them.
 """
 from __future__ import annotations
 
