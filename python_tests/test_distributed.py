@@ -24,7 +24,7 @@ from cure_ext.train.data import batches, load_dataset, train_batch_count
 from cure_ext.train.distributed import Ranks, state_digest
 from cure_ext.train.evaluate import evaluate
 from cure_ext.train.steps import StepSetup, cure_step
-from train_runs import read_metrics, without_times
+from train_runs import read_json, read_metrics, without_times
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 301 training examples in batches of 64: the last batch (45) splits unevenly, 23 + 22; 90 test examples in
@@ -32,12 +32,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = ["--train-limit", "301", "--test-limit", "90", "--eval-limit", "40", "--batch-size", "64", "--eval-batch-size",
          "32", "--attack-steps", "2", "--eval-steps", "3", "--quiet"]
 RUN = ["--pretrain-epochs", "1", "--epochs", "3", *SHAPE]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
 
-def torchrun(args, **popen):
-    return subprocess.Popen(TORCHRUN + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+def torchrun(args, nproc=2):
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc_per_node={nproc}", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def finished(proc, timeout=600):
@@ -284,13 +284,6 @@ def test_cure_eval_under_torchrun_matches_one_process(two_process_run, tmp_path)
     assert read_json(tmp_path / "two.json") == read_json(tmp_path / "one.json")
 
 
-def read_json(path):
-    import json
-
-    with open(path) as f:
-        return json.load(f)
-
-
 @pytest.mark.slow
 def test_rank_zero_alone_writes_and_prints(two_process_run):
     out, stdout = two_process_run
@@ -329,12 +322,9 @@ def test_a_killed_three_process_run_resumes_to_the_uninterrupted_result(tmp_path
     """Three ranks: the order in which a reduction sums them depends on DDP's bucket layout, which must
     therefore be the same for a resumed run as for the uninterrupted one."""
     reference, out = str(tmp_path / "reference"), str(tmp_path / "killed")
-    three = ["--nproc_per_node=3" if a.startswith("--nproc_per_node") else a for a in TORCHRUN]
     run = ["-m", "cure_ext.train", "--pretrain-epochs", "1", "--epochs", "4", *SHAPE]
-    finished(subprocess.Popen(three + run + ["--out", reference], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True))
-    proc = subprocess.Popen(three + run + ["--out", out], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    finished(torchrun(run + ["--out", reference], nproc=3))
+    proc = torchrun(run + ["--out", out], nproc=3)
     last, log = os.path.join(out, "last.pt"), os.path.join(out, "log.csv")
     deadline = time.monotonic() + 300
     while epochs_logged(log) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -346,9 +336,7 @@ def test_a_killed_three_process_run_resumes_to_the_uninterrupted_result(tmp_path
     proc.communicate()
     position = read_last(last)["position"]
     assert position["phase"] == 1 and 1 <= position["phase_epoch"] < 4, position  # resumed inside the phase
-    resumed = subprocess.Popen(three + ["-m", "cure_ext.train", "--resume", "--out", out, "--quiet"], cwd=REPO,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finished(resumed)
+    finished(torchrun(["-m", "cure_ext.train", "--resume", "--out", out, "--quiet"], nproc=3))
     assert without_times(read_metrics(out)) == without_times(read_metrics(reference)), delay
     for name in ("last.pt", "best.pt"):
         a, b = read_checkpoint(os.path.join(out, name)), read_checkpoint(os.path.join(reference, name))

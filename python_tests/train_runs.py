@@ -9,6 +9,10 @@ def without_times(metrics):
             "epochs": [{k: v for k, v in r.items() if k != "time_s"} for r in metrics["epochs"]]}
 
 
-def read_metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
+def read_json(path):
+    with open(path) as f:
         return json.load(f)
+
+
+def read_metrics(out):
+    return read_json(os.path.join(out, "metrics.json"))
