@@ -84,7 +84,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a("--eval-step-size", type=number, help="evaluation attack step (default eps/4 = 2/255 at 8/255)")
     a("--eval-every", type=int, help="evaluate clean + PGD accuracy every N epochs (default 1)")
     a("--eval-limit", type=int, help="test examples of the per-epoch evaluation (final: all)")
-    a("--train-limit", type=int, help="train on the first N training examples only")
+    a("--train-limit", type=int, help="train on the first N training examples (after --val-size) only")
+    a("--val-size", type=int, help="training examples held out (stratified, fixed by --seed) to choose the best "
+                                   "checkpoint by PGD-20; 0: best = last epoch (default: digits 144, others 1000)")
     a("--test-limit", type=int, help="evaluate on the first N test examples only (cure-eval --limit N matches)")
     a("--eval-batch-size", type=int)
     a("--percentile", type=number, help="fraction p of each selective tensor conserved per step")
@@ -235,6 +237,9 @@ def _train(args: argparse.Namespace) -> int:
     if ranks.main:
         final, best = metrics["final"], metrics["best"]
         print(results_table([(f"last (epoch {final['epoch']})", final), (f"best (epoch {best['epoch']})", best)]))
+        print(f"test accuracies on {final['n_test']} images; best chosen by "
+              + (f"PGD-20 on {cfg.val_size} validation images held out of training"
+                 if metrics["best_selected_on"] == "validation" else "none: it is the last epoch"))
         print(f"outputs in {out} ({time.perf_counter() - began:.0f} s)")
     return 0
 

@@ -7,6 +7,8 @@ then the options given explicitly. Settings left at None are derived last:
   authors' code). TRADES gets the same β, so that it is exactly CURE without selection and revision (the
   first row of the paper's ablation, Table 7); `--beta 6` gives the TRADES paper's CIFAR setting;
 - attack step sizes as ε/4 (2/255 at ε = 8/255); the pre-training lr as lr;
+- the validation split's size from the dataset (data.DEFAULT_VAL_SIZE), so that a run's config, and its
+  last.pt, name the split it was trained without;
 - CURE_Eff's warm-up as 40% of its epochs (80 of 200 in the authors' `train_warmup.py`).
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import recipes
-from .data import LOADERS
+from .data import DEFAULT_VAL_SIZE, LOADERS
 from .errors import ConfigError
 from .models import MODELS
 
@@ -54,7 +56,8 @@ class TrainConfig:
     eval_step_size: Optional[float] = None
     eval_every: int = 1
     eval_limit: Optional[int] = None  # test examples of the per-epoch evaluation (the final one uses all)
-    train_limit: Optional[int] = None  # first N training examples only (a budget for small machines)
+    train_limit: Optional[int] = None  # first N training examples (after the validation split) only
+    val_size: Optional[int] = None  # training examples held out to choose best.pt (0: best = last epoch)
     test_limit: Optional[int] = None  # first N test examples only, for every evaluation
     eval_batch_size: int = 256
     percentile: float = 0.3
@@ -120,6 +123,7 @@ def make_config(**options) -> TrainConfig:
     cfg.attack_step_size = cfg.attack_step_size if cfg.attack_step_size is not None else cfg.eps / 4
     cfg.eval_step_size = cfg.eval_step_size if cfg.eval_step_size is not None else cfg.eps / 4
     cfg.pretrain_lr = cfg.pretrain_lr if cfg.pretrain_lr is not None else cfg.lr
+    cfg.val_size = cfg.val_size if cfg.val_size is not None else DEFAULT_VAL_SIZE[cfg.dataset]
     if cfg.method == "cure-eff":
         if options.get("pretrain_epochs"):
             raise ConfigError("cure-eff warms up inside --epochs; set --warmup-epochs, not --pretrain-epochs")
@@ -144,7 +148,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lr_schedule in ("multistep", "cosine", "constant"), "--lr-schedule must be multistep, cosine or constant")
     need(cfg.revision_schedule in ("constant", "linear"), "--revision-schedule must be constant or linear")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), "--device must be cpu, cuda or auto")
-    for name in ("pretrain_epochs", "epochs", "attack_steps", "eval_steps"):
+    for name in ("pretrain_epochs", "epochs", "attack_steps", "eval_steps", "val_size"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
     for name in ("batch_size", "eval_every", "eval_batch_size"):
         need(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1")

@@ -4,6 +4,13 @@ Phases: natural pre-training (skipped with --init-checkpoint), then the method's
 instead runs a natural warm-up and CURE inside its --epochs. Every phase gets a fresh optimizer and lr
 schedule; the revision model is a copy of the weights entering a CURE phase.
 
+Best checkpoint: the epoch of the method's phase with the highest PGD-20 accuracy on the validation split,
+--val-size training images held out before training (stratified, drawn from a generator seeded seed + 4, so
+every rank and every resumed run holds out the same ones; --train-limit then takes the first images of the
+rest). The test set never chooses anything: each evaluated epoch records its clean and PGD-20 accuracy on
+the first --eval-limit test images only to show the course of training, and the final evaluation reports
+the last and the best model on the whole test set. With --val-size 0 the last epoch is the best.
+
 Random streams, all seeded from --seed and saved in last.pt: the data generator (order, augmentation), the
 attack generator (random starts of the training attacks), CURESGD's own generator (revision draws), and a
 fresh generator per evaluation (so evaluating never shifts the training streams). The global torch, numpy and
@@ -78,7 +85,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 # A rank's attack stream is seeded seed + 1 + rank * ATTACK_SEED_STRIDE: rank 0's is the one-process stream,
-# and no rank's seed meets another generator's (seed + 2, seed + 3) for any seed.
+# and no rank's seed meets another generator's (seed + 2, seed + 3, seed + 4) for any seed.
 ATTACK_SEED_STRIDE = 1_000_003
 
 
@@ -141,8 +148,7 @@ class Trainer:
             raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes "
                               f"({self.ranks.world}): every rank needs an example")
         self.quiet = quiet or not self.ranks.main
-        self.device, self.data = self.ranks.agreed(lambda: (resolve_device(cfg.device), load_dataset(
-            cfg.dataset, cfg.data_dir).limited(cfg.train_limit, cfg.test_limit)))
+        self.device, (self.data, self.val) = self.ranks.agreed(lambda: (resolve_device(cfg.device), split_data(cfg)))
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16
                          else contextlib.nullcontext)
         self.spec = model_spec(cfg.model, self.data.num_classes, self.data.in_channels)
@@ -159,7 +165,7 @@ class Trainer:
         self.attack_gen = torch.Generator(self.device).manual_seed(
             cfg.seed + 1 + self.ranks.rank * ATTACK_SEED_STRIDE)
         self.records: list[dict] = []
-        self.best: Optional[dict] = None  # {"epoch", "pgd20_acc"} of best.pt
+        self.best: Optional[dict] = None  # {"epoch", "val_pgd20_acc"} of best.pt, chosen on validation
         self.position = (0, 0)  # (phase index, epochs done in it)
         self.revision_model = None
         self._resume_state: Optional[dict] = None
@@ -304,12 +310,14 @@ class Trainer:
             stats["update_fraction"] = sum(kept[j] for j in chosen) / sum(sizes[j] for j in chosen)
         return stats
 
-    def _evaluate(self, model, final: bool) -> dict:
-        """Per epoch: clean and PGD-20 on the first --eval-limit test examples; final: everything on all.
-        The same attack seeds every time, so that epochs are compared on the same random starts."""
+    def _evaluate(self, model, final: bool, validation: bool = False) -> dict:
+        """Per epoch: clean and PGD-20 on the first --eval-limit test examples, or on the whole validation
+        split; final: everything on all test examples. The same attack seeds every time, so that epochs are
+        compared on the same random starts."""
         cfg = self.cfg
-        return evaluate(model, self.data, cfg.eps, self.device, step_size=cfg.eval_step_size, steps=cfg.eval_steps,
-                        attacks=("pgd20", "cw") if final else ("pgd20",), limit=None if final else cfg.eval_limit,
+        return evaluate(model, self.val if validation else self.data, cfg.eps, self.device,
+                        step_size=cfg.eval_step_size, steps=cfg.eval_steps, attacks=("pgd20", "cw") if final
+                        else ("pgd20",), limit=None if final or validation else cfg.eval_limit,
                         batch_size=cfg.eval_batch_size, seed=cfg.seed, autoattack=final and cfg.autoattack,
                         autocast=self.autocast, ranks=self.ranks)
 
@@ -324,7 +332,7 @@ class Trainer:
                 "records": self.records, "best": self.best}
 
     def _save_best(self, record: dict) -> None:
-        self.best = {"epoch": record["epoch"], "pgd20_acc": record.get("pgd20_acc")}
+        self.best = {"epoch": record["epoch"], "val_pgd20_acc": record.get("val_pgd20_acc")}
         ckpt = {"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
                 "model": self.model.state_dict(), "record": record}
         self.ranks.from_main(lambda: save_atomic(ckpt, self.path("best.pt")))  # a failed write stops every rank
@@ -352,12 +360,15 @@ class Trainer:
                 if (phase_epoch + 1) % cfg.eval_every == 0 or phase_epoch + 1 == phase.epochs:
                     acc = self._evaluate(self.model, final=False)
                     record.update(clean_acc=acc["clean_acc"], pgd20_acc=acc["pgd20_acc"])
+                    if len(self.val.test_y):
+                        val = self._evaluate(self.model, final=False, validation=True)
+                        record.update(val_clean_acc=val["clean_acc"], val_pgd20_acc=val["pgd20_acc"])
                 if self.ranks.distributed:
                     record["rank_weights_sha256"] = self._rank_digests(setup, epoch)
                 record["time_s"] = time.perf_counter() - began
                 self.records.append(record)
-                if phase.name == "train" and "pgd20_acc" in record and (
-                        self.best is None or record["pgd20_acc"] > self.best["pgd20_acc"]):
+                if phase.name == "train" and "val_pgd20_acc" in record and (
+                        self.best is None or record["val_pgd20_acc"] > self.best["val_pgd20_acc"]):
                     self._save_best(record)
                 ckpt = self._checkpoint(setup, scheduler, (index, phase_epoch + 1))
                 self.ranks.from_main(lambda: (save_atomic(ckpt, self.path("last.pt")),
@@ -382,8 +393,10 @@ class Trainer:
         if self.quiet:
             return
         parts = [f"epoch {r['epoch']:3d} [{label}] loss {r['loss']:.3f} train {r['train_acc']:.1f}%"]
+        if "val_pgd20_acc" in r:
+            parts.append(f"val clean {r['val_clean_acc']:.1f}% PGD-20 {r['val_pgd20_acc']:.1f}%")
         if "clean_acc" in r:
-            parts.append(f"clean {r['clean_acc']:.1f}% PGD-20 {r['pgd20_acc']:.1f}%")
+            parts.append(f"test clean {r['clean_acc']:.1f}% PGD-20 {r['pgd20_acc']:.1f}%")
         if "update_fraction" in r:
             parts.append(f"updated {100 * r['update_fraction']:.1f}%")
         parts.append(f"{r['time_s']:.1f}s")
@@ -393,7 +406,8 @@ class Trainer:
         began = time.perf_counter()
         last_epoch = len(self.records)
         final = {**self._evaluate(self.model, final=True), "epoch": last_epoch}
-        if self.best is None:  # no evaluated epoch in the method's phase: the last model is the best one
+        selected_on = "validation" if self.best is not None else "last"
+        if self.best is None:  # no validation split or no evaluated epoch in the method's phase: the last model
             self._save_best(self.records[-1] if self.records else {"epoch": 0})
         if self.best["epoch"] == last_epoch:
             best = dict(final)
@@ -402,7 +416,8 @@ class Trainer:
             model = model_from_checkpoint(self.ranks.from_main(lambda: read_checkpoint(path)), path)
             best = {**self._evaluate(model.to(self.device), final=True), "epoch": self.best["epoch"]}
         wall = sum(r["time_s"] for r in self.records) + time.perf_counter() - began
-        metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "epochs": self.records,
+        metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "best_selected_on": selected_on,
+                   "epochs": self.records,
                    "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.records), "wall_time_s": wall,
                    "device": str(self.device), "torch": torch.__version__, "world_size": self.ranks.world}
         self.ranks.from_main(lambda: self._write_outputs(metrics))
@@ -414,6 +429,14 @@ class Trainer:
         if self.records:
             plots.plot_accuracy(self.records, self.path("accuracy.png"))
             plots.plot_update_fraction(self.records, self.path("update_fraction.png"))
+
+
+def split_data(cfg: TrainConfig):
+    """(training and test data, validation split) of the run: the validation split is held out of the whole
+    training set first, so that --train-limit never changes which images it holds."""
+    # val_size None: the config of a run from before the split (resumed), which held nothing out
+    data, val = load_dataset(cfg.dataset, cfg.data_dir).held_out(cfg.val_size or 0, cfg.seed + 4)
+    return data.limited(cfg.train_limit, cfg.test_limit), val
 
 
 def train(cfg: TrainConfig, out_dir: str, quiet: bool = False, resume: bool = False) -> dict:

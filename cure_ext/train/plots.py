@@ -10,13 +10,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_accuracy(records: Sequence[dict], path: str) -> None:
-    """Train, clean-test and PGD-20 accuracy per epoch, phases shaded apart."""
+    """Train, clean and PGD-20 accuracy (test, and validation when held out) per epoch, phases marked apart."""
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = [r["epoch"] for r in records]
     ax.plot(epochs, [r["train_acc"] for r in records], label="train (batch)", color="0.6", lw=1)
     evaluated = [r for r in records if "clean_acc" in r]
     ax.plot([r["epoch"] for r in evaluated], [r["clean_acc"] for r in evaluated], "o-", label="clean test", ms=3)
     ax.plot([r["epoch"] for r in evaluated], [r["pgd20_acc"] for r in evaluated], "s-", label="PGD-20 test", ms=3)
+    validated = [r for r in records if "val_pgd20_acc" in r]
+    if validated:
+        ax.plot([r["epoch"] for r in validated], [r["val_clean_acc"] for r in validated], "o--", ms=3,
+                label="clean validation")
+        ax.plot([r["epoch"] for r in validated], [r["val_pgd20_acc"] for r in validated], "s--", ms=3,
+                label="PGD-20 validation (chooses best)")
     for prev, cur in zip(records, records[1:]):
         if cur["phase"] != prev["phase"]:
             ax.axvline(prev["epoch"] + 0.5, color="k", ls=":", lw=1)

@@ -13,8 +13,8 @@ from .recipes import list_recipes
 # strongest attack run (AutoAttack when it ran, as in the paper's Table 8).
 TABLE_COLUMNS = [("clean_acc", "clean"), ("pgd20_acc", "PGD-20"), ("cw_acc", "CW∞-20"), ("aa_acc", "AA"),
                  ("nrr_cw", "NRR"), ("sum", "SUM")]
-CSV_FIELDS = ["epoch", "phase", "step", "phase_epoch", "lr", "loss", "train_acc", "clean_acc", "pgd20_acc",
-              "update_fraction", "skipped_steps", "time_s"]
+CSV_FIELDS = ["epoch", "phase", "step", "phase_epoch", "lr", "loss", "train_acc", "val_clean_acc", "val_pgd20_acc",
+              "clean_acc", "pgd20_acc", "update_fraction", "skipped_steps", "time_s"]
 
 
 def write_atomic(path: str, write: Callable, mode: str = "w") -> None:
