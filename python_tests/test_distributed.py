@@ -20,9 +20,11 @@ from torch import nn
 from cure_ext import CURESGD
 from cure_ext.train import cli, distributed
 from cure_ext.train.checkpoint import model_from_checkpoint, read_checkpoint, read_last
+from cure_ext.train.config import TrainConfig
 from cure_ext.train.data import batches, load_dataset, train_batch_count
 from cure_ext.train.distributed import Ranks, state_digest
 from cure_ext.train.evaluate import evaluate
+from cure_ext.train.loop import split_data
 from cure_ext.train.steps import StepSetup, cure_step
 from train_runs import read_json, read_metrics, without_times
 
@@ -271,6 +273,13 @@ def test_evaluation_counts_every_test_example_once_as_one_process_does(two_proce
                       steps=cfg["eval_steps"], batch_size=32, seed=cfg["seed"])
     assert single["n_test"] == metrics["final"]["n_test"] == 90
     assert {k: v for k, v in metrics["final"].items() if k != "epoch"} == single
+    # The validation split, which every rank holds out itself, is evaluated the same way: sharded, as one process.
+    _, val = split_data(TrainConfig.from_dict(cfg))
+    on_val = evaluate(model, val, cfg["eps"], torch.device("cpu"), step_size=cfg["eval_step_size"],
+                      steps=cfg["eval_steps"], attacks=("pgd20",), batch_size=32, seed=cfg["seed"])
+    assert on_val["n_test"] == cfg["val_size"] == 144
+    last = metrics["epochs"][-1]
+    assert (last["val_clean_acc"], last["val_pgd20_acc"]) == (on_val["clean_acc"], on_val["pgd20_acc"])
 
 
 @pytest.mark.slow

@@ -45,12 +45,52 @@ def test_a_run_writes_its_outputs(run_dir):
     # Per-epoch and final evaluations use the same attack seeds: on the same weights they agree.
     by_epoch = {r["epoch"]: r for r in m["epochs"]}
     assert m["final"]["pgd20_acc"] == by_epoch[3]["pgd20_acc"] and m["final"]["clean_acc"] == by_epoch[3]["clean_acc"]
-    assert m["best"]["epoch"] in (2, 3)
-    best_pgd = max(r["pgd20_acc"] for r in cure_epochs)
-    assert m["best"]["pgd20_acc"] == by_epoch[m["best"]["epoch"]]["pgd20_acc"] == best_pgd
+    # best.pt: the CURE epoch with the highest PGD-20 accuracy on the validation split (the first of equals).
+    assert m["best_selected_on"] == "validation" and m["config"]["val_size"] == 144
+    val_pgd = [r["val_pgd20_acc"] for r in cure_epochs]
+    assert m["best"]["epoch"] == cure_epochs[val_pgd.index(max(val_pgd))]["epoch"]
+    assert torch.load(os.path.join(run_dir, "best.pt"), weights_only=True)["record"]["epoch"] == m["best"]["epoch"]
+    assert all(0 <= r["val_clean_acc"] <= 100 and 0 <= r["val_pgd20_acc"] <= 100 for r in m["epochs"])
+    assert m["best"]["n_test"] == m["final"]["n_test"] == 360  # both reported on the whole test set
     with open(os.path.join(run_dir, "log.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and rows[1]["phase"] == "train" and float(rows[2]["pgd20_acc"]) >= 0
+    assert float(rows[2]["val_pgd20_acc"]) == pytest.approx(m["epochs"][2]["val_pgd20_acc"], rel=1e-5)
+
+
+@pytest.mark.parametrize("val_size", [None, 0])
+def test_best_is_chosen_on_validation_never_on_the_test_set(tmp_path, monkeypatch, capsys, val_size):
+    """Per-epoch PGD-20 accuracies scripted so that validation and test disagree: best.pt follows the
+    validation split; with --val-size 0 the last epoch is the best. The test set only reports."""
+    scripted = {True: {2: 40.0, 3: 30.0, 4: 20.0}, False: {2: 10.0, 3: 20.0, 4: 50.0}}  # validation?, epoch
+    sizes = set()
+    real = loop.Trainer._evaluate
+
+    def evaluate(self, model, final, validation=False):
+        acc = real(self, model, final, validation)
+        if not final:
+            sizes.add((validation, acc["n_test"]))
+            acc["pgd20_acc"] = scripted[validation].get(len(self.records) + 1, 0.0)  # 0 in pre-training
+        return acc
+
+    monkeypatch.setattr(loop.Trainer, "_evaluate", evaluate)
+    out = str(tmp_path / "run")
+    extra = [] if val_size is None else ["--val-size", str(val_size)]
+    assert cli.train_main(["--pretrain-epochs", "1", "--epochs", "3", "--train-limit", "200", "--attack-steps", "1",
+                           "--eval-steps", "1", "--eval-limit", "50", "--quiet", "--out", out, *extra]) == 0
+    m = read_metrics(out)
+    best_pt = torch.load(os.path.join(out, "best.pt"), weights_only=True)
+    if val_size is None:
+        assert sizes == {(True, 144), (False, 50)}  # the whole validation split; the first --eval-limit test images
+        assert m["best_selected_on"] == "validation" and m["best"]["epoch"] == best_pt["record"]["epoch"] == 2
+        assert [r["val_pgd20_acc"] for r in m["epochs"]] == [0.0, 40.0, 30.0, 20.0]
+        assert "best chosen by PGD-20 on 144 validation images" in capsys.readouterr().out
+    else:
+        assert sizes == {(False, 50)} and not any("val_pgd20_acc" in r for r in m["epochs"])
+        assert m["best_selected_on"] == "last" and m["best"]["epoch"] == best_pt["record"]["epoch"] == 4
+        assert m["best"] == m["final"]
+        assert "best chosen by none: it is the last epoch" in capsys.readouterr().out
+    assert [r["pgd20_acc"] for r in m["epochs"]] == [0.0, 10.0, 20.0, 50.0]  # recorded, never chosen on
 
 
 def digits_test_set():

@@ -14,6 +14,13 @@ def test_the_main_job_defaults():
     assert (cfg.score, cfg.select, cfg.beta, cfg.gamma, cfg.percentile, cfg.alpha) == ("abs", "paper", 1.0, 1.0,
                                                                                        0.3, 0.1)
     assert cfg.attack_step_size == cfg.eval_step_size == cfg.eps / 4 and cfg.pretrain_lr == cfg.lr
+    assert cfg.val_size == 144  # 10% of the digits training set
+
+
+def test_validation_split_sizes():
+    assert make_config(recipe="cifar10-resnet18").val_size == 1000
+    assert make_config(dataset="fashion-mnist").val_size == 1000 and make_config(dataset="svhn").val_size == 1000
+    assert make_config(val_size=0).val_size == 0 and make_config(val_size=500).val_size == 500
 
 
 def test_presets_and_method_defaults():
@@ -50,6 +57,7 @@ def test_paper_recipes():
     (dict(method="cure-eff", epochs=2, warmup_epochs=3), "--warmup-epochs"),
     (dict(reinit_blocks=True), "--reinit-blocks needs --update-blocks"),
     (dict(eps=0), "--eps"),
+    (dict(val_size=-1), "--val-size must be >= 0"),
     (dict(lr_milestones=(0.5, 2.0)), "--lr-milestones"),
 ])
 def test_bad_options(options, message):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cure_ext.train.data import augment_batch, batches, load_dataset, read_idx
-from cure_ext.train.errors import DataError
+from cure_ext.train.errors import ConfigError, DataError
 
 
 def cifar_rows(n, seed):
@@ -178,3 +178,48 @@ def test_limited_takes_the_first_examples_in_file_order():
     assert small.train_x.shape[0] == 100 and small.test_x.shape[0] == 30
     assert torch.equal(small.train_x, full.train_x[:100]) and torch.equal(small.test_y, full.test_y[:30])
     assert full.limited(None, None).train_x.shape == full.train_x.shape
+
+
+def test_the_validation_split_is_stratified_seeded_and_disjoint_from_training():
+    full = load_dataset("digits")
+    rest, val = full.held_out(144, seed=4)
+    assert len(val.test_y) == 144 and len(rest.train_y) == 1437 - 144 and len(val.train_y) == 0
+    assert torch.equal(rest.test_x, full.test_x)  # the test set is untouched
+    # Each class gives its share: the exact share rounded down or up, the shares summing to the size.
+    counts = torch.bincount(full.train_y, minlength=10)
+    taken = torch.bincount(val.test_y, minlength=10)
+    exact = counts.double() * 144 / 1437
+    assert torch.all(taken >= exact.floor()) and torch.all(taken <= exact.ceil())
+    # Every training image is in exactly one part, each part in file order: match them back by content.
+    key = lambda x, y: [(bytes(a.flatten().tolist()), int(b)) for a, b in zip(x, y)]  # noqa: E731
+    position = {k: i for i, k in enumerate(key(full.train_x, full.train_y))}
+    assert len(position) == 1437  # no two digits training images are alike
+    val_pos = [position[k] for k in key(val.test_x, val.test_y)]
+    rest_pos = [position[k] for k in key(rest.train_x, rest.train_y)]
+    assert val_pos == sorted(val_pos) and rest_pos == sorted(rest_pos)
+    assert sorted(val_pos + rest_pos) == list(range(1437))
+    again, val_again = full.held_out(144, seed=4)
+    assert torch.equal(val_again.test_x, val.test_x) and torch.equal(again.train_x, rest.train_x)
+    assert not torch.equal(full.held_out(144, seed=5)[1].test_x, val.test_x)
+
+
+def test_the_validation_split_of_zero_and_bad_sizes():
+    full = load_dataset("digits")
+    rest, val = full.held_out(0, seed=0)
+    assert len(val.test_y) == 0 and torch.equal(rest.train_x, full.train_x)
+    assert len(full.held_out(1436, seed=0)[0].train_y) == 1
+    for size in (-1, 1437, 5000):
+        with pytest.raises(ConfigError, match=rf"--val-size {size} must be >= 0 and smaller than the training set "
+                                              r"\(1437 images\)"):
+            full.held_out(size, seed=0)
+
+
+def test_train_limit_takes_the_first_images_left_after_the_validation_split():
+    from cure_ext.train.config import make_config
+    from cure_ext.train.loop import split_data
+
+    data, val = split_data(make_config(seed=3))
+    limited, val_limited = split_data(make_config(seed=3, train_limit=200, test_limit=50))
+    assert torch.equal(val_limited.test_x, val.test_x) and torch.equal(val_limited.test_y, val.test_y)
+    assert torch.equal(limited.train_x, data.train_x[:200]) and len(limited.test_y) == 50
+    assert len(val.test_y) == 144 and len(data.train_y) == 1437 - 144
