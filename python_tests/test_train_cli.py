@@ -185,7 +185,7 @@ def test_cure_eff_with_the_official_preset_and_a_decaying_revision_rate(tmp_path
                            "--revision-schedule", "linear", "--revision-rate", "0.5", "--attack-steps", "2",
                            "--eval-steps", "2", "--quiet", "--out", out]) == 0
     steps = len(rates)
-    assert steps == 24  # 2 CURE epochs of 12 batches
+    assert steps == 22  # 2 CURE epochs of 11 batches (1,293 training images: 144 are held out for validation)
     assert rates == pytest.approx([0.5 * (1 - t / steps) for t in range(steps)])
     m = read_metrics(out)
     assert [r["phase"] for r in m["epochs"]] == ["warmup", "train", "train"]
