@@ -196,6 +196,7 @@ BAD_INPUT = [
      "cannot write to the output folder"),
     ("out-holds-a-run", "train", lambda r, t: TINY + ["--out", r], "already holds a run"),
     ("resume-changes-an-option", "train", lambda r, t: ["--resume", "--out", r, "--eps", "0.3"], "--eps"),
+    ("resume-changes-the-val-size", "train", lambda r, t: ["--resume", "--out", r, "--val-size", "10"], "--val-size"),
     ("resume-without-a-run", "train", lambda r, t: ["--resume", "--out", str(t)], "no checkpoint at"),
     ("resume-garbage", "train", lambda r, t: ["--resume", "--out", os.path.dirname(_file(t, "last.pt", b"\x00" * 64))],
      "not a readable checkpoint"),

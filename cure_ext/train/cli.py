@@ -83,7 +83,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a("--eval-steps", type=int, help="PGD / CW evaluation steps (default 20)")
     a("--eval-step-size", type=number, help="evaluation attack step (default eps/4 = 2/255 at 8/255)")
     a("--eval-every", type=int, help="evaluate clean + PGD accuracy every N epochs (default 1)")
-    a("--eval-limit", type=int, help="test examples of the per-epoch evaluation (final: all)")
+    a("--eval-limit", type=int, help="test examples of the per-epoch test evaluation, reported only (final: all)")
     a("--train-limit", type=int, help="train on the first N training examples (after --val-size) only")
     a("--val-size", type=int, help="training examples held out (stratified, fixed by --seed) to choose the best "
                                    "checkpoint by PGD-20; 0: best = last epoch (default: digits 144, others 1000)")

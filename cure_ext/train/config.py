@@ -55,7 +55,7 @@ class TrainConfig:
     eval_steps: int = 20
     eval_step_size: Optional[float] = None
     eval_every: int = 1
-    eval_limit: Optional[int] = None  # test examples of the per-epoch evaluation (the final one uses all)
+    eval_limit: Optional[int] = None  # test examples of the per-epoch test evaluation (reported only; final: all)
     train_limit: Optional[int] = None  # first N training examples (after the validation split) only
     val_size: Optional[int] = None  # training examples held out to choose best.pt (0: best = last epoch)
     test_limit: Optional[int] = None  # first N test examples only, for every evaluation
