@@ -92,6 +92,7 @@ static_assert(Digits<uint32_t>::shift(Digits<uint32_t>::kCount - 1) == 0, "32-bi
 static_assert(Digits<uint64_t>::shift(Digits<uint64_t>::kCount - 1) == 0, "64-bit digits must cover the key");
 static_assert(Digits<uint64_t>::width(1) == 11 && Digits<uint64_t>::width(5) == 10, "later digits <= 11 bits");
 static_assert(Digits<uint32_t>::bins(2) >= kBlock, "every histogram spans at least one bin per thread");
+static_assert(kBlock % 32 == 0, "blocks are whole warps (warp-aggregated histograms)");
 static_assert(kChunk % (kBlock * 8) == 0, "chunks hold whole 16-byte vectors of every thread");
 
 // Where one key width's selections live. Metadata: the lists. Workspace: the zero-initialised
