@@ -18,12 +18,17 @@ def test_multi_million_tensors_against_reference(dtype, specials):
     seed = new_seed()
     case = make_case([(3_000_001,), (1_100_000,), (1,), (0,), (16_384,), (16_385,)], dtype, CUDA, seed,
                      specials=specials)
+    assert_step_matches_reference(case, f"seed={seed}")
+
+
+def assert_step_matches_reference(case, msg):
+    """One fused step on a copy of case equals the reference step: kept exactly, the tensors closely."""
     kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, percentile=0.37, alpha=0.2, revise=True)
     fused, ref = clone_case(case), clone_case(case)
     kf = call(cure_ext.selective_step, fused, **kw)
     kr = call(reference.selective_step, ref, **kw)
-    assert torch.equal(kf.cpu(), kr.cpu()), f"seed={seed}"
-    assert_case_close(fused, ref, f"seed={seed}")
+    assert torch.equal(kf.cpu(), kr.cpu()), msg
+    assert_case_close(fused, ref, msg)
 
 
 def cuda_events(fn):
@@ -80,12 +85,7 @@ def test_candidates_overflowing_a_small_cap_match_the_reference(dtype, cap, monk
         case = make_case([(100_003,), (40_000,), (16_385,), (300,)], dtype, CUDA, seed, ties=ties, specials=specials)
         case["nat_grads"][1].zero_()
         case["adv_grads"][1].zero_()
-        kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, percentile=0.37, alpha=0.2, revise=True)
-        fused, ref = clone_case(case), clone_case(case)
-        kf = call(cure_ext.selective_step, fused, **kw)
-        kr = call(reference.selective_step, ref, **kw)
-        assert torch.equal(kf.cpu(), kr.cpu()), f"seed={seed} ties={ties} specials={specials}"
-        assert_case_close(fused, ref, f"seed={seed} ties={ties} specials={specials}")
+        assert_step_matches_reference(case, f"seed={seed} ties={ties} specials={specials}")
 
 
 def test_capture_is_refused_before_anything_is_written():

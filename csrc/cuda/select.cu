@@ -14,14 +14,16 @@
 namespace cure::cuda {
 namespace {
 
-// Resident blocks per SM the selection kernels are register-limited to: left free, the compiler
-// keeps every unrolled key of a pack live across the warp matches (178 registers, one block per SM).
+// Resident blocks per SM the selection kernels are register-limited to (64 registers): left free, the
+// compiler keeps every unrolled key of a pack live across the warp matches (178 registers, one block
+// per SM).
 constexpr int kMinBlocks = 4;
 
 // Histograms digit d of the score keys in [begin, end) whose higher digits equal those of prefix.
-// Every thread of the block runs every iteration (warp_hist_add needs whole warps).
+// Every thread of the block runs every iteration (warp_hist_add needs whole warps). Not inlined: under
+// the register cap its hot loop then spills nothing; the callers' per-chunk state spills instead.
 template <typename K, typename T>
-__device__ void hist_scores(const DevSlot& s, int64_t begin, int64_t end, int d, uint64_t prefix, double alpha,
+__device__ __noinline__ void hist_scores(const DevSlot& s, int64_t begin, int64_t end, int d, uint64_t prefix, double alpha,
                             ScoreMode mode, unsigned int* hist) {
   using D = Digits<K>;
   constexpr int V = kVec<T>;
