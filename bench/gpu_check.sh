@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # One command for a GPU machine with PyTorch but no network (issues 12 and 14): builds the extension in
 # place, runs ctest with the CUDA tests, the CUDA pytest tests, compute-sanitizer memcheck and racecheck on
-# a small program that reaches every kernel, `python -m bench` on the GPU, and short CURE / TRADES / bf16 /
-# torchrun training runs on synthetic CIFAR-shaped data. Each step is time-boxed inside one overall budget;
+# a small program that reaches every kernel, short CURE / TRADES / bf16 / torchrun training runs on
+# synthetic CIFAR-shaped data, and `python -m bench` on the GPU (last: the longest). Each step is time-boxed inside one overall budget;
 # the first failure stops the run and prints the end of its log. Without a GPU every CUDA part reports
 # "skipped" and the rest runs on the CPU (a dry run; CI keeps one).
 #
 #   bench/gpu_check.sh [--out DIR] [--only STEP,...] [--budget SECONDS] [--no-gpu] [--list]
 #
 # DIR (default $OUT, else ./gpu_check_out) receives at most 8 files, one folder deep: summary.txt,
-# record.json (SPEC §5's benchmark record) and one log per step. Build trees and training runs go to a
-# scratch folder beside it ($TMPDIR). A carried .gpu_carry/site (bench/gpu_carry.sh) joins PYTHONPATH.
+# record.json (SPEC §5's benchmark record) and one log per step. Build trees go to build/ (git-ignored),
+# data and training runs to a scratch folder under $TMPDIR. A carried .gpu_carry/site (bench/gpu_carry.sh) joins PYTHONPATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-STEPS=(build ctest pytest sanitize bench train)
+STEPS=(build ctest pytest sanitize train bench)  # the benchmark last: the longest, and only timing
 declare -A BOX=([build]=300 [ctest]=150 [pytest]=200 [sanitize]=180 [bench]=240 [train]=200)
 OUTDIR=${OUT:-$ROOT/gpu_check_out}
 ONLY=""
@@ -47,6 +47,11 @@ START=$SECONDS
 NPROC=$(nproc)
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# nvcc (CMake's CUDA compiler) and compute-sanitizer, where the image keeps them off the PATH.
+for d in "${CUDA_HOME:-/usr/local/cuda}/bin" "${CUDA_HOME:-/usr/local/cuda}/compute-sanitizer"; do
+  [ -d "$d" ] && PATH="$PATH:$d"
+done
+export PATH
 [ -d "$ROOT/.gpu_carry/site" ] && export PYTHONPATH="$ROOT/.gpu_carry/site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 

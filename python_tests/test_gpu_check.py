@@ -14,7 +14,7 @@ def run(*args):
 def test_lists_its_steps():
     r = run("--list")
     assert r.returncode == 0
-    assert r.stdout.split() == ["build", "ctest", "pytest", "sanitize", "bench", "train"]
+    assert r.stdout.split() == ["build", "ctest", "pytest", "sanitize", "train", "bench"]
 
 
 @pytest.mark.parametrize("args,message", [(("--only", "bench,sanitise"), "--only: unknown step 'sanitise'"),
