@@ -20,10 +20,11 @@ namespace cure {
 namespace {
 
 // A few recent tensor lists per process (one optimizer, or a handful alternating); each entry holds
-// only its plan and its metadata, O(tensors) bytes.
+// only its plan and its metadata, O(tensors) bytes. Never destroyed: at exit, freeing device tensors
+// could run after torch's CUDA allocator is gone.
 cuda::PlanCache<at::Tensor>& plan_cache() {
-  static cuda::PlanCache<at::Tensor> cache(8);
-  return cache;
+  static auto* cache = new cuda::PlanCache<at::Tensor>(8);
+  return *cache;
 }
 
 // Candidate keys per key width; CURE_EXT_CAND_CAP (keys) lowers it so tests reach the overflow path.
