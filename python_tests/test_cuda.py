@@ -56,6 +56,15 @@ def test_launches_do_not_grow_with_tensor_count(dtype, numel, counts):
     assert len(set(ops.values())) == 1, ops
 
 
+def op_call(case, percentile):
+    """torch.ops.cure_ext.selective_step itself, without the Python wrapper: only the op's own device work.
+    lr 0.1, momentum 0.9 and revision, the wrapper's defaults otherwise."""
+    return torch.ops.cure_ext.selective_step(
+        case["params"], case["grads"], case["nat_grads"], case["adv_grads"], case["momentum_buffers"],
+        case["revision_params"], 0.1, 0.9, 0.0, 0.0, False, percentile, 0.1, "abs", "grad",
+        [True] * len(case["params"]), True, 0.999)
+
+
 def test_unchanged_list_reuses_the_uploaded_plan():
     """Repeated calls on one tensor list upload no metadata; a changed k (percentile) plans and uploads
     again. Every step still equals the reference."""
@@ -64,11 +73,10 @@ def test_unchanged_list_reuses_the_uploaded_plan():
     ref = clone_case(case)
     uploads = []
     for step, percentile in enumerate((0.3, 0.3, 0.3, 0.6, 0.6)):
-        kw = dict(lr=0.1, momentum=0.9, percentile=percentile, revise=True)
         kept = []
-        names = cuda_events(lambda: kept.append(call(cure_ext.selective_step, case, **kw)))
+        names = cuda_events(lambda: kept.append(op_call(case, percentile)))
         uploads.append(sum("htod" in n.lower() for n in names))
-        kr = call(reference.selective_step, ref, **kw)
+        kr = call(reference.selective_step, ref, lr=0.1, momentum=0.9, percentile=percentile, revise=True)
         assert torch.equal(kept[0].cpu(), kr.cpu()), f"seed={seed} step={step}"
         assert_case_close(case, ref, f"seed={seed} step={step}")
     assert uploads == [1, 0, 0, 1, 0], uploads
@@ -91,18 +99,16 @@ def test_candidates_overflowing_a_small_cap_match_the_reference(dtype, cap, monk
 def test_capture_is_refused_before_anything_is_written():
     case = make_case([(5000,), (20_000,)], torch.float32, CUDA, seed=3)
     before = clone_case(case)
-    args = (case["params"], case["grads"], case["nat_grads"], case["adv_grads"], case["momentum_buffers"],
-            case["revision_params"], 0.1, 0.9, 0.0, 0.0, False, 0.3, 0.1, "abs", "grad", [True, True], True, 0.999)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph"):
         with torch.cuda.graph(graph):
-            torch.ops.cure_ext.selective_step(*args)
+            op_call(case, 0.3)
     torch.cuda.synchronize()
     for f in ("params", "momentum_buffers", "revision_params"):
         for a, b in zip(case[f], before[f]):
             assert torch.equal(a, b), f
-    torch.ops.cure_ext.selective_step(*args)  # still usable outside a capture
+    op_call(case, 0.3)  # still usable outside a capture
     assert not torch.equal(case["params"][0], before["params"][0])
 
 
