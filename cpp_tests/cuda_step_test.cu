@@ -2,8 +2,10 @@
 // weights (which reveal every keep decision), momentum and revision buffers must equal, bit for bit,
 // a plain host computation with cure_math.h and std::nth_element; kept counts must be exact. Cases
 // cover every dtype, sizes around the chunk size, unaligned tensors, ties, NaN/±0/±inf, all options,
-// many tensors, and a CUDA-graph replay. CURE_TEST_HUGE=1 adds a tensor of more than 2^31 elements.
-// Exit code 77 (ctest: skipped) without a CUDA device.
+// many tensors, a CUDA-graph replay, and candidate caps small enough that selections recompute their
+// keys from the gradients. CURE_TEST_HUGE=1 adds a tensor of more than 2^31 elements. With --small,
+// a short run that still reaches every kernel and path (for compute-sanitizer's memcheck and
+// racecheck). Exit code 77 (ctest: skipped) without a CUDA device.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -183,7 +185,8 @@ struct DeviceCall {
     return p + skip;
   }
 
-  DeviceCall(const std::vector<Tensor>& tensors, const StepOptions& o, double percentile) {
+  DeviceCall(const std::vector<Tensor>& tensors, const StepOptions& o, double percentile,
+             int64_t cand_cap = cure::cuda::kDefaultCandCap) {
     for (const Tensor& t : tensors) {
       TensorSlot s{};
       s.dtype = t.dtype;
@@ -200,7 +203,7 @@ struct DeviceCall {
       if (o.revise) s.rev = upload(t.rev, t);
       slots.push_back(s);
     }
-    plan = cure::cuda::plan_step(slots.data(), static_cast<int32_t>(slots.size()));
+    plan = cure::cuda::plan_step(slots.data(), static_cast<int32_t>(slots.size()), cand_cap);
     CHECK_CUDA(cudaMalloc(&meta, plan.meta.size()));
     CHECK_CUDA(cudaMemcpy(meta, plan.meta.data(), plan.meta.size(), cudaMemcpyHostToDevice));
     CHECK_CUDA(cudaMalloc(&workspace, plan.workspace_bytes));
@@ -266,8 +269,9 @@ void check(const std::string& name, const DeviceCall& call, std::vector<Tensor> 
   std::printf("%-28s %zu tensors, %s\n", name.c_str(), want.size(), failures ? "with failures so far" : "ok");
 }
 
-void run_case(const std::string& name, const std::vector<Tensor>& tensors, const StepOptions& o, double percentile) {
-  DeviceCall call(tensors, o, percentile);
+void run_case(const std::string& name, const std::vector<Tensor>& tensors, const StepOptions& o, double percentile,
+              int64_t cand_cap = cure::cuda::kDefaultCandCap) {
+  DeviceCall call(tensors, o, percentile, cand_cap);
   call.enqueue(o, nullptr);
   CHECK_CUDA(cudaDeviceSynchronize());
   check(name, call, tensors, o, 1);
@@ -364,19 +368,49 @@ void run_huge_case() {
   cudaFree(kept);
 }
 
+// Every kernel and path in a few small calls: warp-sized, empty and multi-chunk tensors of every
+// dtype, k = 0 and k = n, selections inside one block and across chunks, candidates that fit and
+// candidates that overflow (recomputed keys) for both key widths, a graph replay.
+void run_small_cases(std::mt19937_64& rng) {
+  using cure::ConserveMode;
+  using cure::ScoreMode;
+  const int64_t chunk = cure::cuda::kChunk;
+  std::vector<Tensor> t;
+  for (DType d : {DType::Float32, DType::Float64, DType::Float16, DType::BFloat16}) {
+    t.push_back(make(d, 0, Kind::Normal, rng));
+    t.push_back(make(d, 32, Kind::Normal, rng));
+    t.push_back(make(d, 1000, Kind::Ties, rng, true, 1));
+    t.push_back(make(d, chunk + 33, Kind::Normal, rng));
+    t.push_back(make(d, 2 * chunk + 5, Kind::Zeros, rng));
+  }
+  t.push_back(make(DType::Float32, 3000, Kind::Normal, rng, false));
+  const StepOptions o = options(0.9, 0.1, 5e-4, true, ScoreMode::Abs, ConserveMode::Grad, true);
+  for (double p : {0.0, 1.0, 0.3}) run_case("small, percentile " + std::to_string(p), t, o, p);
+  run_case("small, candidates overflow", t, o, 0.4, 1024);
+  run_graph_case("small, graph replay", t, o, 0.3);
+}
+
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
     std::printf("no CUDA device: skipped\n");
     return 77;
   }
+  std::mt19937_64 rng(1234);
+  if (argc > 1 && std::string(argv[1]) == "--small") {
+    run_small_cases(rng);
+    if (failures) {
+      std::printf("%d failure(s)\n", failures);
+      return 1;
+    }
+    std::printf("small CUDA step tests passed\n");
+    return 0;
+  }
   using cure::ConserveMode;
   using cure::ScoreMode;
-  std::mt19937_64 rng(1234);
   const int64_t chunk = cure::cuda::kChunk;
-
   std::vector<Tensor> mixed;
   for (int64_t n : {int64_t(0), int64_t(1), int64_t(7), int64_t(1000), chunk, chunk + 1, int64_t(300000)})
     mixed.push_back(make(DType::Float32, n, Kind::Normal, rng));
@@ -427,6 +461,14 @@ int main() {
            options(0.0, 0.0, 1e-2, false, ScoreMode::Abs, ConserveMode::Grad, true), 0.3);
   run_case("200 tensors, dampening", many,
            options(0.8, 0.3, 0.0, false, ScoreMode::Signed, ConserveMode::Freeze, true), 0.7);
+
+  // Candidate caps below the candidates: tensors whose candidates overflow their room recompute the
+  // later digits' keys from the gradients (ties put every key in one first-digit bin); others fit.
+  for (int64_t cap : {int64_t(0), int64_t(4096), int64_t(60000)}) {
+    run_case("cap " + std::to_string(cap) + ", mixed", mixed, sgd, 0.3, cap);
+    run_case("cap " + std::to_string(cap) + ", ties", ties,
+             options(0.9, 0.0, 1e-3, true, ScoreMode::Signed, ConserveMode::Freeze, false), 0.5, cap);
+  }
 
   const char* huge = std::getenv("CURE_TEST_HUGE");
   if (huge && std::string(huge) == "1") run_huge_case();

@@ -12,11 +12,11 @@ set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 set(CURE_CUDA_OPTIONS --fmad=false -lineinfo -Xcompiler=-ffp-contract=off,-Wall,-Wextra)
 
 add_library(cure_cuda STATIC
-  csrc/cuda/plan.cu
   csrc/cuda/launch.cu
   csrc/cuda/select.cu
   csrc/cuda/update.cu)
 target_include_directories(cure_cuda PUBLIC ${CMAKE_CURRENT_LIST_DIR}/..)
+target_link_libraries(cure_cuda PUBLIC cure_plan)
 set_target_properties(cure_cuda PROPERTIES COMPILE_OPTIONS "${CURE_CUDA_OPTIONS}" LINK_OPTIONS "")
 
 file(GLOB CURE_CUDA_TESTS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp_tests/cuda_*.cu)

@@ -47,12 +47,19 @@ struct UpdateArgs {
   bool revise;
 };
 
+// Blocks of a persistent grid over `chunks` chunks: as many as can be resident at once on sm_count
+// multiprocessors (the kernel's occupancy, asked once per kernel), never more than the chunks.
+int persistent_grid(const void* kernel, int64_t chunks, int sm_count);
+template <typename... Args> int persistent_grid(void (*kernel)(Args...), int64_t chunks, int sm_count) {
+  return persistent_grid(reinterpret_cast<const void*>(kernel), chunks, sm_count);
+}
+
 // Enqueue 0, 1 + (Digits<K>::kCount - 1) launches: first digit, then, if a tensor spans several
-// chunks, compaction and the later digits. max_grid caps the persistent grids.
+// chunks, compaction and the later digits.
 template <typename K>
-void launch_select(const SelectArgs<K>& args, int max_grid, cudaStream_t stream);
+void launch_select(const SelectArgs<K>& args, int sm_count, cudaStream_t stream);
 
 // Updates the tensors of args.list, all of storage type dtype.
-void launch_update(const UpdateArgs& args, DType dtype, int max_grid, cudaStream_t stream);
+void launch_update(const UpdateArgs& args, DType dtype, int sm_count, cudaStream_t stream);
 
 }  // namespace cure::cuda

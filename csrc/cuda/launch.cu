@@ -1,6 +1,8 @@
 // Enqueues one selective step: clear the workspace's counters, select the thresholds of each key
 // width, run the fused update. Host code only; nothing here waits for the device.
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 
 #include "cuda/kernels.h"
 #include "cuda/launch.h"
@@ -30,6 +32,28 @@ SelectArgs<K> select_args(const GroupLayout& g, const unsigned char* meta, unsig
 
 }  // namespace
 
+int persistent_grid(const void* kernel, int64_t chunks, int sm_count) {
+  // Occupancy depends on the kernel and the device's architecture; one process's GPUs share one in
+  // practice, and any grid size is correct (the kernels loop over chunks), so one answer per kernel.
+  static std::mutex mutex;
+  static std::unordered_map<const void*, int> per_sm;
+  int blocks = 0;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = per_sm.find(kernel);
+    if (it != per_sm.end()) {
+      blocks = it->second;
+    } else {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kBlock, 0) != cudaSuccess) {
+        (void)cudaGetLastError();  // not sticky; the launch reports real errors
+        blocks = 1;
+      }
+      per_sm.emplace(kernel, std::max(blocks, 1));
+    }
+  }
+  return int(std::min<int64_t>(chunks, int64_t(std::max(blocks, 1)) * std::max(sm_count, 1)));
+}
+
 cudaError_t launch_step(const StepPlan& plan, const void* meta, void* workspace, int64_t* kept,
                         const StepOptions& o, int sm_count, cudaStream_t stream) {
   const auto* m = static_cast<const unsigned char*>(meta);
@@ -38,10 +62,9 @@ cudaError_t launch_step(const StepPlan& plan, const void* meta, void* workspace,
     const cudaError_t err = cudaMemsetAsync(ws, 0, plan.zero_bytes, stream);
     if (err != cudaSuccess) return err;
   }
-  const int max_grid = std::max(sm_count, 1) * kBlocksPerSm;
   auto* thresholds = reinterpret_cast<uint64_t*>(ws + plan.thresholds);
-  launch_select(select_args<uint32_t>(plan.keys32, m, ws, thresholds, o), max_grid, stream);
-  launch_select(select_args<uint64_t>(plan.keys64, m, ws, thresholds, o), max_grid, stream);
+  launch_select(select_args<uint32_t>(plan.keys32, m, ws, thresholds, o), sm_count, stream);
+  launch_select(select_args<uint64_t>(plan.keys64, m, ws, thresholds, o), sm_count, stream);
   UpdateArgs update{reinterpret_cast<const DevSlot*>(m),
                     nullptr,
                     0,
@@ -61,7 +84,7 @@ cudaError_t launch_step(const StepPlan& plan, const void* meta, void* workspace,
     update.list = reinterpret_cast<const ListEntry*>(m + plan.update[t].offset);
     update.count = plan.update[t].count;
     update.chunks = plan.update[t].chunks;
-    launch_update(update, static_cast<DType>(t), max_grid, stream);
+    launch_update(update, static_cast<DType>(t), sm_count, stream);
   }
   return cudaGetLastError();
 }

@@ -12,7 +12,6 @@ namespace cure::cuda {
 
 constexpr int kBlock = 256;                   // threads per block, every kernel
 constexpr int64_t kChunk = int64_t(1) << 14;  // elements per chunk: one block's unit of work
-constexpr int kBlocksPerSm = 8;               // persistent grids: 2048 resident threads per SM
 
 enum SlotFlag : int32_t {
   kNeedsSelect = 1,  // threshold found on the device (0 < k < n)
@@ -31,6 +30,7 @@ struct DevSlot {
   int64_t k;
   uint64_t trivial_threshold;  // the threshold when kNeedsSelect is not set
   int64_t cand_offset;         // first candidate slot in its key width's candidate buffer
+  int64_t cand_room;           // candidate slots it owns there; more candidates: keys recomputed
   int32_t dtype;               // cure::DType
   int32_t flags;               // SlotFlag bits
   int32_t multi;               // index among the multi-chunk selections of its key width, or -1
@@ -92,6 +92,7 @@ static_assert(Digits<uint32_t>::shift(Digits<uint32_t>::kCount - 1) == 0, "32-bi
 static_assert(Digits<uint64_t>::shift(Digits<uint64_t>::kCount - 1) == 0, "64-bit digits must cover the key");
 static_assert(Digits<uint64_t>::width(1) == 11 && Digits<uint64_t>::width(5) == 10, "later digits <= 11 bits");
 static_assert(Digits<uint32_t>::bins(2) >= kBlock, "every histogram spans at least one bin per thread");
+static_assert(kBlock % 32 == 0, "blocks are whole warps (warp-aggregated histograms)");
 static_assert(kChunk % (kBlock * 8) == 0, "chunks hold whole 16-byte vectors of every thread");
 
 // Where one key width's selections live. Metadata: the lists. Workspace: the zero-initialised
@@ -103,7 +104,7 @@ struct GroupLayout {
   size_t done;     // uint32 [multi.count][Digits::kCount]
   size_t count;    // uint64 [multi.count]
   size_t state;    // SelectState [multi.count]
-  size_t cand;     // key [sum over multi tensors of n rounded up to 4]
+  size_t cand;     // key [sum of the multi tensors' candidate rooms, at most the cap]
 };
 
 }  // namespace cure::cuda

@@ -36,6 +36,15 @@ __device__ __forceinline__ void zero_hist(unsigned int* hist, int bins) {
   __syncthreads();
 }
 
+// Adds one to hist[bin] for each lane of the warp, except lanes passing kNoBin. Lanes with equal bins
+// (ties, zero gradients) add together with one atomic instead of serialising on the bin. Every lane
+// of the warp must call it (full-mask match); kBlock is a whole number of warps.
+constexpr unsigned int kNoBin = ~0u;
+__device__ __forceinline__ void warp_hist_add(unsigned int* hist, unsigned int bin) {
+  const unsigned int peers = __match_any_sync(0xffffffffu, bin);
+  if (bin != kNoBin && int(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(hist + bin, unsigned(__popc(peers)));
+}
+
 __device__ __forceinline__ void flush_hist(const unsigned int* hist, int bins, unsigned long long* global) {
   __syncthreads();
   for (int b = threadIdx.x; b < bins; b += kBlock) {

@@ -9,16 +9,21 @@
 // that tensor's digit (radix_block.cuh), so no pass waits on the host.
 #include <cub/block/block_scan.cuh>
 
-#include <algorithm>
-
 #include "cuda/radix_block.cuh"
 
 namespace cure::cuda {
 namespace {
 
+// Resident blocks per SM the selection kernels are register-limited to (64 registers): left free, the
+// compiler keeps every unrolled key of a pack live across the warp matches (178 registers, one block
+// per SM).
+constexpr int kMinBlocks = 4;
+
 // Histograms digit d of the score keys in [begin, end) whose higher digits equal those of prefix.
+// Every thread of the block runs every iteration (warp_hist_add needs whole warps). Not inlined: under
+// the register cap its hot loop then spills nothing; the callers' per-chunk state spills instead.
 template <typename K, typename T>
-__device__ void hist_scores(const DevSlot& s, int64_t begin, int64_t end, int d, uint64_t prefix, double alpha,
+__device__ __noinline__ void hist_scores(const DevSlot& s, int64_t begin, int64_t end, int d, uint64_t prefix, double alpha,
                             ScoreMode mode, unsigned int* hist) {
   using D = Digits<K>;
   constexpr int V = kVec<T>;
@@ -29,17 +34,23 @@ __device__ void hist_scores(const DevSlot& s, int64_t begin, int64_t end, int d,
   const int high = d > 0 ? D::shift(d - 1) : 0;  // used only when d > 0
   const K want = d > 0 ? K(prefix >> high) : K(0);
   const K mask = K(D::bins(d) - 1);
-  const auto count = [&](T x, T y) {
+  const auto bin = [&](T x, T y) {
     const K key = score_key(x, y, c, mode);
-    if (d == 0 || (key >> high) == want) atomicAdd(hist + ((key >> shift) & mask), 1u);
+    return d == 0 || (key >> high) == want ? unsigned(key >> shift & mask) : kNoBin;
   };
   const int64_t vend = vector_end<T>(begin, end, (s.flags & kAligned16) != 0);
-  for (int64_t i = begin + int64_t(threadIdx.x) * V; i < vend; i += int64_t(kBlock) * V) {
-    const Pack<T> x = load_pack(nat + i), y = load_pack(adv + i);
+  for (int64_t base = begin; base < vend; base += int64_t(kBlock) * V) {
+    const int64_t i = base + int64_t(threadIdx.x) * V;
+    const bool in = i < vend;
+    Pack<T> x, y;
+    if (in) x = load_pack(nat + i), y = load_pack(adv + i);
 #pragma unroll
-    for (int j = 0; j < V; ++j) count(x.v[j], y.v[j]);
+    for (int j = 0; j < V; ++j) warp_hist_add(hist, in ? bin(x.v[j], y.v[j]) : kNoBin);
   }
-  for (int64_t i = vend + threadIdx.x; i < end; i += kBlock) count(nat[i], adv[i]);
+  for (int64_t base = vend; base < end; base += kBlock) {
+    const int64_t i = base + threadIdx.x;
+    warp_hist_add(hist, i < end ? bin(nat[i], adv[i]) : kNoBin);
+  }
 }
 
 // A tensor of one chunk, all digits inside this block; its inputs stay in L2 between digits.
@@ -60,7 +71,7 @@ __device__ void select_in_block(const SelectArgs<K>& a, const DevSlot& s, int32_
 }
 
 template <typename K>
-__global__ void __launch_bounds__(kBlock) first_digit_kernel(const SelectArgs<K> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) first_digit_kernel(const SelectArgs<K> a) {
   using D = Digits<K>;
   __shared__ SelectShared<K> sh;
   for (int64_t c = blockIdx.x; c < a.all_chunks; c += gridDim.x) {
@@ -83,6 +94,7 @@ __global__ void __launch_bounds__(kBlock) first_digit_kernel(const SelectArgs<K>
 
 // Appends the chunk's keys with the chosen first digit to the tensor's candidates and histograms
 // their second digit. Per step the block scans its match counts and reserves room with one atomic.
+// The count goes on past the tensor's candidate room; keys past it are not stored (see refine).
 template <typename K, typename T>
 __device__ void compact_chunk(const SelectArgs<K>& a, const DevSlot& s, int64_t begin, int64_t end,
                               const SelectState& st, SelectShared<K>& sh) {
@@ -94,25 +106,28 @@ __device__ void compact_chunk(const SelectArgs<K>& a, const DevSlot& s, int64_t 
   const int high = D::shift(0), shift = D::shift(1);
   const K want = K(st.prefix >> high), mask = K(D::bins(1) - 1);
   K* out = a.cand + s.cand_offset;
+  const int64_t room = s.cand_room;
   unsigned long long* count = a.count + s.multi;
   // One block-wide step over this thread's cnt keys; every thread joins every step.
   const auto step = [&](const K (&keys)[V], int cnt) {
     unsigned int take = 0;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      if (j < cnt && (keys[j] >> high) == want) {
-        take |= 1u << j;
-        atomicAdd(sh.hist + ((keys[j] >> shift) & mask), 1u);
-      }
+      const bool match = j < cnt && (keys[j] >> high) == want;
+      take |= unsigned(match) << j;
+      warp_hist_add(sh.hist, match ? unsigned(keys[j] >> shift & mask) : kNoBin);
     }
     int offset, total;
     cub::BlockScan<int, kBlock>(sh.temp.scan32).ExclusiveSum(__popc(take), offset, total);
     if (threadIdx.x == 0 && total > 0) sh.base = atomicAdd(count, static_cast<unsigned long long>(total));
     __syncthreads();
-    K* dst = out + sh.base + offset;
+    int64_t at = int64_t(sh.base) + offset;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      if (take >> j & 1u) *dst++ = keys[j];
+      if (take >> j & 1u) {
+        if (at < room) out[at] = keys[j];
+        ++at;
+      }
     }
     __syncthreads();  // sh.base and sh.temp free for the next step
   };
@@ -139,7 +154,7 @@ __device__ void compact_chunk(const SelectArgs<K>& a, const DevSlot& s, int64_t 
 }
 
 template <typename K>
-__global__ void __launch_bounds__(kBlock) compact_kernel(const SelectArgs<K> a) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) compact_kernel(const SelectArgs<K> a) {
   using D = Digits<K>;
   __shared__ SelectShared<K> sh;
   for (int64_t c = blockIdx.x; c < a.multi_chunks; c += gridDim.x) {
@@ -155,10 +170,11 @@ __global__ void __launch_bounds__(kBlock) compact_kernel(const SelectArgs<K> a) 
   }
 }
 
-// Digit d >= 2 over the tensor's candidates, cut into the tensor's chunks (the candidate buffer has
-// room for n keys); chunks past the candidate count only report their arrival.
+// Digit d >= 2 of a multi-chunk tensor, cut into the tensor's chunks: over its candidates when they
+// all fit its room (chunks past the candidate count only report their arrival), else over keys
+// recomputed from the gradients, filtered by the digits chosen so far. Both count the same keys.
 template <typename K>
-__global__ void __launch_bounds__(kBlock) refine_kernel(const SelectArgs<K> a, int d) {
+__global__ void __launch_bounds__(kBlock, kMinBlocks) refine_kernel(const SelectArgs<K> a, int d) {
   using D = Digits<K>;
   constexpr int V = kVec<K>;
   __shared__ SelectShared<K> sh;
@@ -168,40 +184,53 @@ __global__ void __launch_bounds__(kBlock) refine_kernel(const SelectArgs<K> a, i
     const Work w = locate(a.multi, a.multi_count, c);
     const DevSlot s = a.slots[w.slot];
     const SelectState st = a.state[s.multi];
-    const K want = K(st.prefix >> high);
-    const K* keys = a.cand + s.cand_offset;  // 16-byte aligned (plan.cu)
+    const int64_t found = int64_t(a.count[s.multi]);
     const int64_t begin = w.chunk * kChunk;
-    const int64_t end = min64(int64_t(a.count[s.multi]), begin + kChunk);
-    if (begin < end) {
+    unsigned long long* global = a.hist + size_t(s.multi) * D::total_bins() + D::hist_base(d);
+    if (found > s.cand_room) {
       zero_hist(sh.hist, D::bins(d));
-      const auto count = [&](K key) {
-        if ((key >> high) == want) atomicAdd(sh.hist + ((key >> shift) & mask), 1u);
-      };
+      dispatch_keyed<K>(s.dtype, [&](auto type) {
+        hist_scores<K, typename decltype(type)::type>(s, begin, min64(s.n, begin + kChunk), d, st.prefix, a.alpha,
+                                                      a.mode, sh.hist);
+      });
+      flush_hist(sh.hist, D::bins(d), global);
+    } else if (const int64_t end = min64(found, begin + kChunk); begin < end) {
+      const K want = K(st.prefix >> high);
+      const K* keys = a.cand + s.cand_offset;  // 16-byte aligned (plan.cpp)
+      const auto bin = [&](K key) { return (key >> high) == want ? unsigned(key >> shift & mask) : kNoBin; };
+      zero_hist(sh.hist, D::bins(d));
       const int64_t vend = vector_end<K>(begin, end, true);
-      for (int64_t i = begin + int64_t(threadIdx.x) * V; i < vend; i += int64_t(kBlock) * V) {
-        const Pack<K> k = load_pack(keys + i);
+      for (int64_t base = begin; base < vend; base += int64_t(kBlock) * V) {
+        const int64_t i = base + int64_t(threadIdx.x) * V;
+        const bool in = i < vend;
+        Pack<K> k;
+        if (in) k = load_pack(keys + i);
 #pragma unroll
-        for (int j = 0; j < V; ++j) count(k.v[j]);
+        for (int j = 0; j < V; ++j) warp_hist_add(sh.hist, in ? bin(k.v[j]) : kNoBin);
       }
-      for (int64_t i = vend + threadIdx.x; i < end; i += kBlock) count(keys[i]);
-      flush_hist(sh.hist, D::bins(d), a.hist + size_t(s.multi) * D::total_bins() + D::hist_base(d));
+      for (int64_t base = vend; base < end; base += kBlock) {
+        const int64_t i = base + threadIdx.x;
+        warp_hist_add(sh.hist, i < end ? bin(keys[i]) : kNoBin);
+      }
+      flush_hist(sh.hist, D::bins(d), global);
     }
     finish_pass(a, d, w.slot, s.multi, chunk_count(s.n), st, sh);
   }
 }
 
-int grid_for(int64_t chunks, int max_grid) { return int(std::min<int64_t>(chunks, max_grid)); }
-
 }  // namespace
 
 template <typename K>
-void launch_select(const SelectArgs<K>& a, int max_grid, cudaStream_t stream) {
+void launch_select(const SelectArgs<K>& a, int sm_count, cudaStream_t stream) {
   if (a.all_count == 0) return;
-  first_digit_kernel<K><<<grid_for(a.all_chunks, max_grid), kBlock, 0, stream>>>(a);
+  const auto first = first_digit_kernel<K>;
+  first<<<persistent_grid(first, a.all_chunks, sm_count), kBlock, 0, stream>>>(a);
   if (a.multi_count == 0) return;
-  const int grid = grid_for(a.multi_chunks, max_grid);
-  compact_kernel<K><<<grid, kBlock, 0, stream>>>(a);
-  for (int d = 2; d < Digits<K>::kCount; ++d) refine_kernel<K><<<grid, kBlock, 0, stream>>>(a, d);
+  const auto compact = compact_kernel<K>;
+  compact<<<persistent_grid(compact, a.multi_chunks, sm_count), kBlock, 0, stream>>>(a);
+  const auto refine = refine_kernel<K>;
+  const int grid = persistent_grid(refine, a.multi_chunks, sm_count);
+  for (int d = 2; d < Digits<K>::kCount; ++d) refine<<<grid, kBlock, 0, stream>>>(a, d);
 }
 
 template void launch_select<uint32_t>(const SelectArgs<uint32_t>&, int, cudaStream_t);

@@ -1,5 +1,6 @@
-// CUDA kernel of cure_ext::selective_step: allocates `kept`, the metadata and the workspace through
-// torch (caching allocators, current stream), then hands raw pointers to the torch-free launcher.
+// CUDA kernel of cure_ext::selective_step: allocates `kept` and the workspace through torch (caching
+// allocator, current stream), reuses the plan and its uploaded metadata while the tensor list is
+// unchanged (plan_cache.h), then hands raw pointers to the torch-free launcher.
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -7,53 +8,74 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <utility>
 #include <vector>
 
 #include "cuda/launch.h"
+#include "cuda/plan_cache.h"
 #include "slots.h"
 
 namespace cure {
 namespace {
 
-// A captured CUDA graph replays the metadata upload from the host buffer it was captured with, so
-// that buffer must live as long as the graph may: captured calls keep theirs for the process.
-void keep_for_graph_replays(at::Tensor host) {
-  static std::mutex mutex;
-  static std::vector<at::Tensor> buffers;
-  const std::lock_guard<std::mutex> lock(mutex);
-  buffers.push_back(std::move(host));
+// A few recent tensor lists per process (one optimizer, or a handful alternating); each entry holds
+// only its plan and its metadata, O(tensors) bytes. Never destroyed: at exit, freeing device tensors
+// could run after torch's CUDA allocator is gone.
+cuda::PlanCache<at::Tensor>& plan_cache() {
+  static auto* cache = new cuda::PlanCache<at::Tensor>(8);
+  return *cache;
+}
+
+// Candidate keys per key width; CURE_EXT_CAND_CAP (keys) lowers it so tests reach the overflow path.
+int64_t candidate_cap() {
+  const char* env = std::getenv("CURE_EXT_CAND_CAP");
+  if (env == nullptr || *env == '\0') return cuda::kDefaultCandCap;
+  char* end = nullptr;
+  const long long cap = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && cap >= 0, "CURE_EXT_CAND_CAP must be a non-negative integer, got '", env, "'");
+  return cap;
+}
+
+// The op's scalars (lr, momentum, percentile, revision decay...) are kernel arguments, so a captured
+// graph would replay the capture's values on every replay and silently ignore the schedule.
+void refuse_capture(cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
+              "cure_ext.selective_step cannot be captured in a CUDA graph: its lr, momentum, percentile and revision "
+              "arguments would be frozen at their captured values on every replay; call it outside the captured "
+              "region");
+}
+
+// The metadata's one upload: from pinned memory, asynchronous on the current stream (torch's host
+// allocator keeps the pinned buffer until the copy has run).
+at::Tensor upload(const cuda::StepPlan& plan, at::Device device) {
+  at::Tensor host = at::empty({static_cast<int64_t>(plan.meta.size())}, at::TensorOptions(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), plan.meta.data(), plan.meta.size());
+  return host.to(device, /*non_blocking=*/true);
 }
 
 at::Tensor run_cuda(PreparedStep& step, at::Device device) {
   const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+  refuse_capture(stream);
+  const int64_t cap = candidate_cap();
   std::vector<TensorSlot>& slots = step.slots();
   at::Tensor kept = at::zeros({static_cast<int64_t>(slots.size())}, at::TensorOptions(at::kLong).device(device));
   if (slots.empty()) return kept;
-  const cuda::StepPlan plan = cuda::plan_step(slots.data(), static_cast<int32_t>(slots.size()));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+  const cuda::PlanPlace place{device.index(), reinterpret_cast<uintptr_t>(stream), cap};
+  const auto entry = plan_cache().get(place, slots.data(), static_cast<int32_t>(slots.size()),
+                                      [&](const cuda::StepPlan& plan) { return upload(plan, device); });
   int sm_count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device.index()));
-
-  // One asynchronous upload of the metadata: from pinned memory normally; while the stream is being
-  // captured, from pageable memory kept alive for the graph's replays.
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
-  at::Tensor host = at::empty({static_cast<int64_t>(plan.meta.size())},
-                              at::TensorOptions(at::kByte).pinned_memory(!capturing));
-  std::memcpy(host.data_ptr(), plan.meta.data(), plan.meta.size());
-  const at::Tensor meta = host.to(device, /*non_blocking=*/true);
-  if (capturing) keep_for_graph_replays(std::move(host));
-
+  // The workspace goes back to the caching allocator on return: it reuses it only for work queued
+  // later on this stream, which runs after these kernels. The cached metadata is only ever read by
+  // kernels on this stream (the stream is part of the cache key).
   const at::Tensor workspace =
-      at::empty({static_cast<int64_t>(plan.workspace_bytes)}, at::TensorOptions(at::kByte).device(device));
-  C10_CUDA_CHECK(cuda::launch_step(plan, meta.data_ptr(), workspace.data_ptr(), kept.data_ptr<int64_t>(),
-                                   step.options(), sm_count, stream));
-  // meta and workspace go back to the caching allocator now: it reuses them only for work queued
-  // later on this stream, which runs after these kernels.
+      at::empty({static_cast<int64_t>(entry.plan->workspace_bytes)}, at::TensorOptions(at::kByte).device(device));
+  C10_CUDA_CHECK(cuda::launch_step(*entry.plan, entry.upload.data_ptr(), workspace.data_ptr(),
+                                   kept.data_ptr<int64_t>(), step.options(), sm_count, stream));
   return kept;
 }
 

@@ -3,7 +3,6 @@
 // the per-tensor count of kept entries. The per-element math is cure_math.h's, as on the CPU.
 #include <cub/block/block_reduce.cuh>
 
-#include <algorithm>
 #include <type_traits>
 
 #include "cuda/device_util.cuh"
@@ -89,16 +88,20 @@ __global__ void __launch_bounds__(kBlock) update_kernel(const UpdateArgs a) {
   }
 }
 
+template <typename T> void launch_typed(const UpdateArgs& a, int sm_count, cudaStream_t stream) {
+  const auto kernel = update_kernel<T>;
+  kernel<<<persistent_grid(kernel, a.chunks, sm_count), kBlock, 0, stream>>>(a);
+}
+
 }  // namespace
 
-void launch_update(const UpdateArgs& a, DType dtype, int max_grid, cudaStream_t stream) {
+void launch_update(const UpdateArgs& a, DType dtype, int sm_count, cudaStream_t stream) {
   if (a.count == 0) return;
-  const int grid = int(std::min<int64_t>(a.chunks, max_grid));
   switch (dtype) {
-    case DType::Float32: update_kernel<float><<<grid, kBlock, 0, stream>>>(a); break;
-    case DType::Float64: update_kernel<double><<<grid, kBlock, 0, stream>>>(a); break;
-    case DType::Float16: update_kernel<__half><<<grid, kBlock, 0, stream>>>(a); break;
-    case DType::BFloat16: update_kernel<__nv_bfloat16><<<grid, kBlock, 0, stream>>>(a); break;
+    case DType::Float32: launch_typed<float>(a, sm_count, stream); break;
+    case DType::Float64: launch_typed<double>(a, sm_count, stream); break;
+    case DType::Float16: launch_typed<__half>(a, sm_count, stream); break;
+    case DType::BFloat16: launch_typed<__nv_bfloat16>(a, sm_count, stream); break;
   }
 }
 

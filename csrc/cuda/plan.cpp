@@ -1,9 +1,9 @@
 // Host planner of the CUDA selective step: classifies the tensors, lays out the metadata image that is
 // uploaded with one copy, and the workspace (histograms, counters, states, candidate keys).
+#include "cuda/plan.h"
+
 #include <algorithm>
 #include <cstring>
-
-#include "cuda/launch.h"
 
 namespace cure::cuda {
 namespace {
@@ -12,6 +12,7 @@ constexpr size_t kAlign = 256;
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 int64_t chunks_of(int64_t n) { return (n + kChunk - 1) / kChunk; }
+int64_t round4(int64_t n) { return (n + 3) / 4 * 4; }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
@@ -48,14 +49,25 @@ struct GroupBuilder {
   ListBuilder all, multi;
   int64_t cand_keys = 0;
 
-  // Registers a tensor needing a selection; a multi-chunk one also gets its histograms and candidates.
+  // Registers a tensor needing a selection; a multi-chunk one also gets its histograms.
   void add(int32_t slot, DevSlot& d) {
     all.add(slot, d.n);
     if (chunks_of(d.n) == 1) return;
     d.multi = static_cast<int32_t>(multi.entries.size());
-    d.cand_offset = cand_keys;
-    cand_keys += (d.n + 3) / 4 * 4;  // keeps every tensor's candidates 16-byte aligned
     multi.add(slot, d.n);
+  }
+
+  // Candidate rooms, once every tensor is known (the shares depend on the total).
+  void place_candidates(std::vector<DevSlot>& dev, int64_t cap) {
+    std::vector<int64_t> sizes;
+    for (const ListEntry& e : multi.entries) sizes.push_back(dev[static_cast<size_t>(e.slot)].n);
+    const std::vector<int64_t> room = candidate_room(sizes, cap);
+    for (size_t i = 0; i < room.size(); ++i) {
+      DevSlot& d = dev[static_cast<size_t>(multi.entries[i].slot)];
+      d.cand_offset = cand_keys;
+      d.cand_room = room[i];
+      cand_keys += room[i];
+    }
   }
 
   GroupLayout place_lists(std::vector<unsigned char>& image) const {
@@ -78,7 +90,19 @@ struct GroupBuilder {
 
 }  // namespace
 
-StepPlan plan_step(const TensorSlot* slots, int32_t count) {
+std::vector<int64_t> candidate_room(const std::vector<int64_t>& sizes, int64_t cap) {
+  int64_t whole = 0;
+  for (const int64_t n : sizes) whole += round4(n);
+  std::vector<int64_t> room(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    // Shares rounded down to whole vectors; in long double, as n * cap overflows int64.
+    room[i] = whole <= cap ? round4(sizes[i])
+                           : static_cast<int64_t>(static_cast<long double>(round4(sizes[i])) * cap / whole) / 4 * 4;
+  }
+  return room;
+}
+
+StepPlan plan_step(const TensorSlot* slots, int32_t count, int64_t cand_cap) {
   StepPlan plan;
   plan.num_slots = count;
   std::vector<DevSlot> dev(static_cast<size_t>(count));
@@ -88,7 +112,7 @@ StepPlan plan_step(const TensorSlot* slots, int32_t count) {
   for (int32_t i = 0; i < count; ++i) {
     const TensorSlot& s = slots[i];
     DevSlot& d = dev[static_cast<size_t>(i)];
-    d = DevSlot{s.param, s.grad, s.nat, s.adv, s.mom, s.rev, s.n, s.k, trivial_threshold(s), 0,
+    d = DevSlot{s.param, s.grad, s.nat, s.adv, s.mom, s.rev, s.n, s.k, trivial_threshold(s), 0, 0,
                 static_cast<int32_t>(s.dtype), 0, -1, 0};
     const bool aligned = aligned16(s.param) && aligned16(s.grad) && aligned16(s.nat) && aligned16(s.adv) &&
                          aligned16(s.mom) && aligned16(s.rev);  // null pointers count as aligned
@@ -102,6 +126,8 @@ StepPlan plan_step(const TensorSlot* slots, int32_t count) {
       g32.add(i, d);
     }
   }
+  g32.place_candidates(dev, cand_cap);
+  g64.place_candidates(dev, cand_cap);
 
   plan.meta.resize(dev.size() * sizeof(DevSlot));
   std::memcpy(plan.meta.data(), dev.data(), plan.meta.size());

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Fills .gpu_carry/ (git-ignored) with what the GPU machine lacks and cannot fetch (no network there):
+# the AutoAttack sources (pyautoattack's modules, and fra31's `autoattack` if installed) as plain Python
+# files under .gpu_carry/site, which bench/gpu_check.sh puts on PYTHONPATH. Everything else is on that
+# machine's image (torch, numpy, scipy, pytest, ninja, cmake, ...) or made by gpu_check.sh itself (the
+# synthetic CIFAR batches). Name .gpu_carry in the device call's carry list.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dest=.gpu_carry
+rm -rf "$dest"
+mkdir -p "$dest/site"
+python3 - "$dest/site" <<'EOF_PY'
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+site = Path(sys.argv[1])
+for name in ("pyautoattack", "autoattack"):
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        print(f"{name}: not installed here, not carried")
+        continue
+    src = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(src.glob("*.py"))  # the package's modules; examples, caches and data stay behind
+    (site / name).mkdir()
+    for f in files:
+        shutil.copy2(f, site / name / f.name)
+    print(f"{name}: {len(files)} modules from {src}")
+EOF_PY
+size=$(du -sk "$dest" | cut -f1)
+echo "$dest: ${size} KiB (the device call carries at most 64 MiB with the working tree)"
