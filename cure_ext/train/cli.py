@@ -315,6 +315,12 @@ def compare_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--ablations", action="store_true",
                    help="add CURE with score masking only (γ=0, no revision) and with revision only (p=0)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:key=value,...]",
+                   help="a row of its own: METHOD with these options, e.g. trades-beta6=trades:beta=6 (repeatable)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in a process of its own (default 1: one after another, in this process)")
+    p.add_argument("--deadline", type=number,
+                   help="seconds: stop the runs still going then and report what finished (runs in processes)")
     _add_training_options(p)
     p.add_argument("--out", help="output folder (default runs/compare-<dataset>-<time>)")
     return p
@@ -328,10 +334,13 @@ def _compare(args: argparse.Namespace) -> int:
     dataset = make_config(**options).dataset  # validates the options before any training
     _check_autoattack(options.get("autoattack"))
     out = args.out or os.path.join("runs", f"compare-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    result = run_compare(options, args.methods, args.seeds, out, args.ablations, args.quiet)
+    result = run_compare(options, args.methods, args.seeds, out, args.ablations, args.quiet, args.variant,
+                         args.jobs, args.deadline)
     print(compare_table(result))
+    for run in result["unfinished"]:
+        print(f"not finished: {run['run']} ({run['reason']}; {run['out']})")
     print(f"outputs in {out}")
-    return 0
+    return 1 if result["unfinished"] else 0
 
 
 def compare_main(argv: Optional[Sequence[str]] = None) -> int:

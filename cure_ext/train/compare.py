@@ -8,6 +8,12 @@ its own warm-up. Every run of a seed holds out the same validation split (it dep
 --val-size only), so the pre-training never sees the images that choose the methods' best checkpoints.
 Ablations (paper Table 7): score masking only = CURE with γ = 0 and no revision draws; revision only =
 CURE with percentile 0.
+--variant NAME=METHOD:key=value,... adds rows of one's own (TRADES with β = 6, CURE with the official selection).
+
+With --jobs N the runs are processes of their own (`worker.py`), N at a time, the pre-trainings first: on one
+GPU a small model leaves most of it idle, so side-by-side runs finish sooner. The outputs are rewritten as each
+run finishes, and --deadline stops what is still running then (each run's last.pt stays resumable), so a study
+cut short keeps what it finished. Numbers do not depend on --jobs.
 
 Significance: for every metric, Welch's two-sided t-test (unequal variances, scipy) of each method's per-seed
 values against CURE's; a p-value of 0.05 or more is marked "ns" (not significant). The test is undefined
@@ -20,13 +26,15 @@ import csv
 import math
 import os
 import statistics
+import time
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from scipy import stats
 
-from . import plots
-from .config import make_config
+from . import plots, worker
+from .config import METHODS, TrainConfig, make_config
 from .errors import ConfigError
 from .loop import train
 from .report import format_table, write_json_atomic
@@ -65,47 +73,162 @@ def compared_metrics(runs: Sequence[dict]) -> list[tuple[str, str]]:
     return [(k, h) for k, h in METRICS if with_aa or k not in AA_METRICS]
 
 
+def parse_variant(text: str) -> tuple[str, str, dict]:
+    """`NAME=METHOD[:key=value,...]` (e.g. `trades-beta6=trades:beta=6`): a row of its own, the method run
+    with these configuration values (options' names, dashes or underscores)."""
+    name, _, rest = text.partition("=")
+    method, _, pairs = rest.partition(":")
+    if not name or method not in METHODS or name in LABELS:
+        raise ConfigError(f"--variant {text!r}: expected NAME=METHOD[:key=value,...] with a new NAME and METHOD one "
+                          f"of {', '.join(METHODS)}")
+    overrides = {}
+    for pair in filter(None, pairs.split(",")):
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in TrainConfig.__dataclass_fields__ or key in ("method", "seed", "init_checkpoint"):
+            raise ConfigError(f"--variant {text!r}: {pair!r} is not key=value with a training option as key")
+        overrides[key] = _value(value.strip())
+    return name, method, overrides
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _rows(methods: Sequence[str], ablations: bool, variants: Sequence[str]) -> dict:
+    """{entry: (method, configuration overrides, label)} in table order."""
+    rows = {m: (m, {}, LABELS[m]) for m in methods}
+    if ablations:
+        rows.update({e: (*ABLATIONS[e], LABELS[e]) for e in ABLATIONS})
+    for text in variants:
+        name, method, overrides = parse_variant(text)
+        rows[name] = (method, overrides, name)
+    return rows
+
+
 def run_compare(options: dict, methods: Sequence[str], seeds: Sequence[int], out_dir: str, ablations: bool = False,
-                quiet: bool = False) -> dict:
-    """Train every (method, seed) into out_dir/<method>/seed<k>; returns {"runs", "summary", "significance"}."""
+                quiet: bool = False, variants: Sequence[str] = (), jobs: int = 1,
+                deadline: Optional[float] = None) -> dict:
+    """Train every (row, seed) into out_dir/<row>/seed<k>; returns {"runs", "summary", "significance",
+    "unfinished"}. With jobs > 1 or a deadline, runs are separate processes, up to `jobs` at a time (the
+    pre-trainings first); the outputs are rewritten as each run finishes, and at the deadline (seconds) the
+    runs still going are stopped and listed as unfinished."""
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"{out_dir} is not empty; choose another --out for the comparison")
-    entries = list(dict.fromkeys(list(methods) + (list(ABLATIONS) if ablations else [])))
-    runs = []
-    for seed in seeds:
-        base = {**options, "seed": seed}
-        init = options.get("init_checkpoint")
-        natural = make_config(**{**base, "method": "standard"})
-        if init is None and natural.pretrain_epochs > 0 and any(e != "cure-eff" for e in entries):
-            pre_out = os.path.join(out_dir, "pretrain", f"seed{seed}")
-            # A standard run whose own phase is the pre-training: its lr and epochs are the pre-training's.
-            pre_cfg = make_config(**{**base, "method": "standard", "epochs": natural.pretrain_epochs,
-                                     "pretrain_epochs": 0, "lr": natural.pretrain_lr})
-            train(pre_cfg, pre_out, quiet)
-            init = os.path.join(pre_out, "last.pt")
-        for entry in entries:
-            method, extra = ABLATIONS.get(entry, (entry, {}))
-            opts = {**base, **extra, "method": method}
-            if method != "cure-eff":
-                opts["init_checkpoint"] = init
-            else:
-                opts.pop("pretrain_epochs", None)
-            metrics = train(make_config(**opts), os.path.join(out_dir, entry, f"seed{seed}"), quiet)
-            runs.append({"method": entry, "label": LABELS[entry], "seed": seed,
-                         **{k: metrics["final"][k] for k, _ in METRICS if k in metrics["final"]}})
-    result = summarize(runs, entries)
+    if jobs < 1:
+        raise ConfigError("--jobs must be >= 1")
+    rows = _rows(methods, ablations, variants)
+    labels = {entry: label for entry, (_, _, label) in rows.items()}
+    plan = [run for seed in seeds for run in _seed_plan(options, rows, seed, out_dir)]
+    for run in plan:  # every configuration checked before anything trains
+        make_config(**{**run.options, "init_checkpoint": None} if run.after else run.options)
+    results: list = []
+    os.makedirs(out_dir, exist_ok=True)
+
+    def finished(run: "_Run", metrics: dict) -> None:
+        if run.entry is not None:
+            results.append({"method": run.entry, "label": labels[run.entry], "seed": run.options["seed"],
+                            **{k: metrics["final"][k] for k, _ in METRICS if k in metrics["final"]}})
+            _write_outputs(summarize(results, list(rows), labels), out_dir)
+
+    if jobs == 1 and deadline is None:
+        unfinished = []
+        for run in plan:
+            finished(run, train(make_config(**run.options), run.out, quiet))
+    else:
+        unfinished = _run_processes(plan, jobs, deadline, finished, quiet)
+    result = summarize(results, list(rows), labels)
+    result["unfinished"] = unfinished
     _write_outputs(result, out_dir)
     return result
 
 
-def summarize(runs: Sequence[dict], entries: Sequence[str]) -> dict:
-    """Mean ± std per method and metric over the seeds, and (when CURE is among them) every other method's
-    p-value against CURE, as `<metric>_p`."""
+@dataclass
+class _Run:
+    entry: Optional[str]  # the table row; None for a seed's shared natural pre-training
+    options: dict
+    out: str
+    after: Optional["_Run"] = None  # the pre-training it starts from
+
+
+def _seed_plan(options: dict, rows: dict, seed: int, out_dir: str) -> list:
+    base = {**options, "seed": seed}
+    natural = make_config(**{**base, "method": "standard"})
+    pretrain = None
+    if options.get("init_checkpoint") is None and natural.pretrain_epochs > 0 and any(
+            method != "cure-eff" for method, _, _ in rows.values()):
+        # A standard run whose own phase is the pre-training: its lr and epochs are the pre-training's.
+        pretrain = _Run(None, {**base, "method": "standard", "epochs": natural.pretrain_epochs, "pretrain_epochs": 0,
+                               "lr": natural.pretrain_lr}, os.path.join(out_dir, "pretrain", f"seed{seed}"))
+    plan = [pretrain] if pretrain else []
+    for entry, (method, extra, _) in rows.items():
+        opts = {**base, **extra, "method": method}
+        after = None
+        if method == "cure-eff":
+            opts.pop("pretrain_epochs", None)
+        elif pretrain is not None:
+            opts["init_checkpoint"], after = os.path.join(pretrain.out, "last.pt"), pretrain
+        plan.append(_Run(entry, opts, os.path.join(out_dir, entry, f"seed{seed}"), after))
+    return plan
+
+
+def _run_processes(plan: list, jobs: int, deadline: Optional[float], finished, quiet: bool) -> list:
+    """Runs the plan as `python -m cure_ext.train.worker` processes, up to `jobs` at once, each started once the
+    pre-training it needs has finished; returns the runs not finished (failed, after a failed pre-training, or
+    stopped at the deadline), each with the reason."""
+    stop_at = None if deadline is None else time.monotonic() + deadline
+    waiting, running, done, failed, unfinished = list(plan), [], set(), set(), []
+
+    def give_up(run: _Run, reason: str) -> None:
+        failed.add(id(run))
+        unfinished.append({"run": _name(run), "out": run.out, "reason": reason})
+
+    while waiting or running:
+        for run in [r for r in waiting if r.after is not None and id(r.after) in failed]:
+            waiting.remove(run)
+            give_up(run, "its pre-training did not finish")
+        for run in [r for r in waiting if r.after is None or id(r.after) in done][:jobs - len(running)]:
+            waiting.remove(run)
+            running.append((run, worker.start(make_config(**run.options), run.out)))
+        time.sleep(0.2)
+        for run, proc in [(r, p) for r, p in running if p.poll() is not None]:
+            running.remove((run, proc))
+            if proc.returncode == 0:
+                done.add(id(run))
+                finished(run, worker.metrics(run.out))
+            else:
+                give_up(run, f"exit status {proc.returncode}: {worker.last_error(run.out)}")
+            if not quiet:
+                print(f"cure-compare: {_name(run)} {'finished' if proc.returncode == 0 else 'failed'}", flush=True)
+        if stop_at is not None and time.monotonic() > stop_at:
+            for run, proc in running:
+                worker.stop(proc)
+                give_up(run, "stopped at the deadline")
+            for run in waiting:
+                give_up(run, "not started before the deadline")
+            break
+    return unfinished
+
+
+def _name(run: _Run) -> str:
+    return f"{run.entry or 'pretrain'} seed {run.options['seed']}"
+
+
+def summarize(runs: Sequence[dict], entries: Sequence[str], labels: Optional[dict] = None) -> dict:
+    """Mean ± std per row and metric over the seeds, and (when CURE is among them) every other row's p-value
+    against CURE, as `<metric>_p`. Rows with no finished run are left out."""
+    labels = labels or LABELS
     metrics = compared_metrics(runs)
+    entries = [e for e in entries if any(r["method"] == e for r in runs)]
     values = {e: {k: [r[k] for r in runs if r["method"] == e] for k, _ in metrics} for e in entries}
     summary = []
     for entry in entries:
-        row = {"method": entry, "label": LABELS[entry], "seeds": sum(r["method"] == entry for r in runs)}
+        row = {"method": entry, "label": labels[entry], "seeds": sum(r["method"] == entry for r in runs)}
         for key, _ in metrics:
             row[f"{key}_mean"], row[f"{key}_std"] = _mean_std(values[entry][key])
             if REFERENCE in values and entry != REFERENCE:
@@ -137,9 +260,10 @@ def _write_outputs(result: dict, out_dir: str) -> None:
                 writer.writerow([s["method"], s["label"], f"p_vs_{REFERENCE}"] + [
                     "nan" if s[f"{k}_p"] is None else f"{s[f'{k}_p']:.4g}" for k in metrics])
     write_json_atomic(result, os.path.join(out_dir, "compare.json"))
-    plots.plot_tradeoff([{"label": s["label"], "clean_mean": s["clean_acc_mean"], "clean_std": s["clean_acc_std"],
-                          "cw_mean": s["cw_acc_mean"], "cw_std": s["cw_acc_std"]} for s in result["summary"]],
-                        os.path.join(out_dir, "tradeoff.png"))
+    if result["summary"]:  # nothing to plot before a run has finished
+        plots.plot_tradeoff([{"label": s["label"], "clean_mean": s["clean_acc_mean"], "clean_std": s["clean_acc_std"],
+                              "cw_mean": s["cw_acc_mean"], "cw_std": s["cw_acc_std"]} for s in result["summary"]],
+                            os.path.join(out_dir, "tradeoff.png"))
 
 
 def compare_table(result: dict) -> str:
