@@ -4,7 +4,11 @@
 # files under .gpu_carry/site, which bench/gpu_check.sh puts on PYTHONPATH. Everything else is on that
 # machine's image (torch, numpy, scipy, pytest, ninja, cmake, ...) or made by gpu_check.sh itself (the
 # synthetic CIFAR batches). Name .gpu_carry in the device call's carry list.
+# --fashion-mnist also copies the Fashion-MNIST IDX files (30 MB, Debian's dataset-fashion-mnist) into
+# .gpu_carry/fashion-mnist, for bench/fashion_mnist_study.sh.
 set -euo pipefail
+fmnist=0
+[ "${1:-}" = --fashion-mnist ] && fmnist=1
 cd "$(dirname "$0")/.."
 dest=.gpu_carry
 rm -rf "$dest"
@@ -28,5 +32,12 @@ for name in ("pyautoattack", "autoattack"):
         shutil.copy2(f, site / name / f.name)
     print(f"{name}: {len(files)} modules from {src}")
 EOF_PY
+if [ $fmnist = 1 ]; then
+  src=/usr/share/datasets/fashion-mnist
+  [ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "no Fashion-MNIST in $src: apt-get install dataset-fashion-mnist" >&2; exit 1; }
+  mkdir -p "$dest/fashion-mnist"
+  cp "$src"/*-ubyte.gz "$dest/fashion-mnist/"
+  echo "fashion-mnist: $(ls "$dest/fashion-mnist" | wc -l) files from $src"
+fi
 size=$(du -sk "$dest" | cut -f1)
 echo "$dest: ${size} KiB (the device call carries at most 64 MiB with the working tree)"
