@@ -161,7 +161,7 @@ def test_the_authors_module_is_preferred_and_called_with_its_own_signature(natur
     finally:
         sys.modules.pop("autoattack", None)  # the stand-in must not outlive the test
     assert autoattack.calls[0] == dict(norm="Linf", eps=0.3, seed=3, verbose=False, version="standard", device="cpu")
-    assert autoattack.calls[1] == dict(attacks=["apgd-ce"], n=16, bs=16, return_labels=True)
+    assert autoattack.calls[1] == dict(attacks=["apgd-ce"], n=24, bs=16, return_labels=True)
     assert torch.equal(via_authors[0], via_pyautoattack[0]) and torch.equal(via_authors[1], via_pyautoattack[1])
 
 

@@ -3,9 +3,9 @@
 (from fra31/auto-attack), else `pyautoattack`, its packaging on PyPI (the extra `cure_ext[autoattack]`).
 The two differ only in how they are called; this module hides that.
 
-The provider's standard evaluation is run attack by attack and batch by batch, each attack on the examples
-that the previous ones left unbroken, as its own run_standard_evaluation does (same attacks, parameters,
-order, batches and per-batch seeding, so the same result), so that the progress can be shown.
+The provider's standard evaluation is run one attack at a time, each on the examples that the previous ones
+left unbroken, as its own run_standard_evaluation does (same attacks, parameters, order, batches and
+per-batch seeding, so the same result: tested), so that the progress can be shown after each attack.
 """
 from __future__ import annotations
 
@@ -26,16 +26,16 @@ def provider() -> Optional[str]:
     return next((name for name in PROVIDERS if importlib.util.find_spec(name) is not None), None)
 
 
-def _adversary(module: str, model: nn.Module, eps: float, seed: int, device: torch.device):
-    """The provider's standard-version AutoAttack and a function running it on one batch, which returns the
-    adversarial examples and the labels the model gives them."""
+def _adversary(module: str, model: nn.Module, eps: float, seed: int, device: torch.device, batch_size: int):
+    """The provider's standard-version AutoAttack and a function running its attacks_to_run, which returns
+    the adversarial examples and the labels the model gives them."""
     AutoAttack = importlib.import_module(module).AutoAttack
     if module == "autoattack":
         adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=str(device),
                                verbose=False)
-        return adversary, lambda x, y: adversary.run_standard_evaluation(x, y, bs=len(y), return_labels=True)
+        return adversary, lambda x, y: adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
     adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=str(device))
-    return adversary, lambda x, y: adversary.run_standard_evaluation(x, y, batch_size=len(y))
+    return adversary, lambda x, y: adversary.run_standard_evaluation(x, y, batch_size=batch_size)
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, seed: int, batch_size: int,
@@ -50,20 +50,17 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     x, y = x.to(device), y.to(device)
     x_adv = x.clone()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        adversary, attack_batch = _adversary(module, model, eps, seed, device)
-        robust = torch.zeros(len(y), dtype=torch.bool, device=device)
-        for i in range(0, len(y), batch_size):
-            robust[i:i + batch_size] = model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]
+        adversary, attack = _adversary(module, model, eps, seed, device, batch_size)
+        robust = torch.ones(len(y), dtype=torch.bool, device=device)  # the first call drops the misclassified
         attacks, began = list(adversary.attacks_to_run), time.perf_counter()
         for name in attacks:
             adversary.attacks_to_run = [name]
             left = robust.nonzero().flatten()
-            for start in range(0, len(left), batch_size):
-                index = left[start:start + batch_size]
-                adv, labels = attack_batch(x[index], y[index])
-                broken = labels.to(device) != y[index]
-                robust[index[broken]] = False
-                x_adv[index[broken]] = adv[broken].to(device)
+            if len(left):
+                adv, labels = attack(x[left], y[left])
+                broken = labels.to(device) != y[left]
+                robust[left[broken]] = False
+                x_adv[left[broken]] = adv[broken].to(device)
             if progress is not None:
                 progress(f"AutoAttack {name}: {int(robust.sum())} of {len(y)} examples left "
                          f"({time.perf_counter() - began:.0f} s)")
