@@ -2,6 +2,8 @@
 attacks measured against it."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import textwrap
 
@@ -20,6 +22,7 @@ import pyautoattack
 
 EPS = 0.2
 CPU = torch.device("cpu")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -184,12 +187,15 @@ def test_autoattack_without_a_provider_is_refused_before_anything_runs(main, arg
     assert list(tmp_path.iterdir()) == []
 
 
+TRAIN = ["--method", "standard", "--pretrain-epochs", "0", "--epochs", "2", "--eps", "0.3", "--test-limit", "24",
+         "--autoattack", "--quiet", "--seed", "1"]
+
+
 def test_cure_train_and_cure_eval_report_the_same_seeded_aa(tmp_path, capsys):
     """cure-train --autoattack puts aa_acc in metrics.json's last and best results and the AA column in its
     table; cure-eval --autoattack with the same seed and examples gives the same number, every time."""
     out = tmp_path / "run"
-    assert train_main(["--method", "standard", "--pretrain-epochs", "0", "--epochs", "2", "--eps", "0.3",
-                       "--test-limit", "24", "--autoattack", "--quiet", "--seed", "1", "--out", str(out)]) == 0
+    assert train_main(TRAIN + ["--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "AA" in printed.splitlines()[0] and "AutoAttack" not in printed  # --quiet: no progress lines
     metrics = json.loads((out / "metrics.json").read_text())
@@ -204,3 +210,21 @@ def test_cure_train_and_cure_eval_report_the_same_seeded_aa(tmp_path, capsys):
     assert "AutoAttack apgd-ce:" in capsys.readouterr().out
     assert results[0]["aa_acc"] == results[1]["aa_acc"] == metrics["final"]["aa_acc"]
     assert results[0]["nrr"] == metrics["final"]["nrr"]
+
+
+@pytest.mark.slow
+def test_cure_eval_autoattack_under_torchrun(tmp_path):
+    """Under torchrun each rank runs AutoAttack on its share of the test batches and the counts are summed."""
+    out = tmp_path / "run"
+    assert train_main(TRAIN + ["--out", str(out)]) == 0
+    args = [str(out / "last.pt"), "--autoattack", "--limit", "24", "--batch-size", "8", "--seed", "1", "--json"]
+    script = "import sys; from cure_ext.train.cli import eval_main; sys.exit(eval_main())"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "--no-python", sys.executable, "-c", script, *args, str(tmp_path / "two.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("AutoAttack square:") == 1  # rank 0's progress only
+    assert eval_main(args + [str(tmp_path / "one.json")]) == 0
+    two, one = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("two", "one"))
+    assert two["n_test"] == 24 and two["aa_acc"] <= min(two["pgd20_acc"], two["cw_acc"])
+    assert all(two[k] == one[k] for k in ("clean_acc", "pgd20_acc", "cw_acc", "nrr_cw"))  # exact under torchrun
