@@ -228,3 +228,14 @@ def test_cure_eval_autoattack_under_torchrun(tmp_path):
     two, one = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("two", "one"))
     assert two["n_test"] == 24 and two["aa_acc"] <= min(two["pgd20_acc"], two["cw_acc"])
     assert all(two[k] == one[k] for k in ("clean_acc", "pgd20_acc", "cw_acc", "nrr_cw"))  # exact under torchrun
+
+
+@pytest.mark.slow
+def test_cure_compare_autoattack_gives_every_run_aa(tmp_path):
+    out = tmp_path / "cmp"
+    assert compare_main(["--methods", "standard", "pgd-at", "--seeds", "0", "--pretrain-epochs", "0", "--epochs", "1",
+                         "--train-limit", "256", "--test-limit", "16", "--eps", "0.3", "--attack-steps", "2",
+                         "--autoattack", "--quiet", "--out", str(out)]) == 0
+    for method in ("standard", "pgd-at"):
+        final = json.loads((out / method / "seed0" / "metrics.json").read_text())["final"]
+        assert final["aa_acc"] <= min(final["pgd20_acc"], final["cw_acc"]) and final["robust_acc"] == final["aa_acc"]
