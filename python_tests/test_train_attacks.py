@@ -103,36 +103,3 @@ def test_nrr_and_sum_on_known_numbers():
     assert s["sum"] == 120.0 and s["nrr"] == pytest.approx(2 * 80 * 40 / 120)
     assert s["nrr_cw"] == pytest.approx(2 * 80 * 45 / 125)
     assert math.isfinite(s["nrr"])
-
-
-def test_autoattack_hook_uses_the_package_api(monkeypatch):
-    """With an `autoattack` package present, evaluate() runs its standard version and reports aa_acc (a
-    stand-in package here: it records the call and returns the inputs unchanged)."""
-    import sys
-    import types
-
-    from cure_ext.train.data import Dataset
-    from cure_ext.train.evaluate import evaluate
-
-    calls = {}
-
-    class AutoAttack:
-        def __init__(self, model, norm, eps, version, device, verbose):
-            calls.update(norm=norm, eps=eps, version=version, device=device)
-
-        def run_standard_evaluation(self, x, y, bs):
-            calls["n"] = len(x)
-            return x.clone()
-
-    module = types.ModuleType("autoattack")
-    module.AutoAttack = AutoAttack
-    monkeypatch.setitem(sys.modules, "autoattack", module)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 17, (40, 1, 4, 4), generator=g, dtype=torch.uint8)
-    labels = torch.randint(0, 5, (40,), generator=g)
-    data = Dataset("toy", images, labels, images, labels, 5, 16.0, False)
-    result = evaluate(small_model().eval(), data, 0.1, torch.device("cpu"), step_size=0.025, steps=2,
-                      autoattack=True, limit=30)
-    assert calls == {"norm": "Linf", "eps": 0.1, "version": "standard", "device": "cpu", "n": 30}
-    assert result["aa_acc"] == result["clean_acc"]  # the stand-in attack changes nothing
-    assert result["robust_acc"] == min(result["pgd20_acc"], result["cw_acc"], result["aa_acc"])

@@ -12,6 +12,7 @@ from cure_ext.train.loop import cpu_threads
 from cure_ext.train.losses import cure_loss
 from cure_ext.train.models import build_model
 from cure_ext.train.selection import selective_flags
+from cure_ext.train import steps
 from cure_ext.train.steps import StepSetup, cure_step, trades_step
 
 
@@ -78,7 +79,11 @@ def cure_setup(model, *, percentile, gamma, revision_rate, preset="paper", selec
                      selective=flags, score_loss="kl" if preset == "official" else "ce", revision_model=rev)
 
 
-def test_cure_with_p0_gamma0_no_revision_is_a_trades_step():
+def test_cure_with_p0_gamma0_no_revision_is_a_trades_step(monkeypatch):
+    """Given the same adversarial examples, CURE with p = 0, γ = 0 and no revision makes TRADES's update, step
+    after step (momentum buffers included). Each step's examples are PGD's on the CURE model, handed to both
+    steps: the two models drift apart at rounding level (by how much depends on the CPU's vector
+    instructions), and PGD's sign() would turn that into different adversarial examples."""
     x, y = digits_batch()
     a = build_model("cnn", 10, 1, seed=0)
     b = copy.deepcopy(a)
@@ -86,9 +91,10 @@ def test_cure_with_p0_gamma0_no_revision_is_a_trades_step():
     params = list(b.parameters())
     trades = StepSetup(b, torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4), params,
                        torch.Generator().manual_seed(0), 0.2, 0.05, 3, beta=1.0)
-    # Two steps, so that the momentum buffers matter too. (Further steps drift apart at rounding level,
-    # and PGD's sign() turns that into different adversarial examples: equality is a one-step property.)
-    for _ in range(2):
+    attack = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x_adv = trades_adversary(a, x, 0.2, 0.05, 3, attack)
+        monkeypatch.setattr(steps, "trades_adversary", lambda model, inputs, *args: x_adv)
         rc, rt = cure_step(cure, x, y), trades_step(trades, x, y)
         assert torch.allclose(rc.loss, rt.loss, atol=1e-6)
         assert rc.kept.tolist() == [p.numel() for p in params]

@@ -21,12 +21,13 @@ from fractions import Fraction
 from typing import Callable, Optional, Sequence
 
 from . import distributed
+from .autoattack import INSTALL, provider
 from .checkpoint import load_checkpoint, read_last
 from .compare import ABLATIONS, compare_table, run_compare
 from .config import METHODS, PRESETS, SELECT_POLICIES, TrainConfig, make_config
 from .data import LOADERS, load_dataset
 from .errors import ConfigError, UserError
-from .evaluate import autoattack_available, evaluate
+from .evaluate import evaluate
 from .loop import cpu_threads, resolve_device, train
 from .models import MODELS
 from .report import recipes_table, results_table, write_json_atomic
@@ -105,7 +106,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a("--device", help="cpu, cuda or auto (default)")
     a("--threads", type=int, help="CPU threads (default: 1 for the small cnn, else PyTorch's default)")
     a("--bf16", action="store_true", default=None, help="CUDA: bfloat16 autocast for attacks and forwards")
-    a("--autoattack", action="store_true", default=None, help="also run AutoAttack (needs `autoattack`)")
+    a("--autoattack", action="store_true", default=None,
+      help=f"final evaluation: also AutoAttack, standard version, seeded by --seed (needs: {INSTALL})")
     a("--skip-nonfinite", action="store_true", default=None,
       help="skip (and count) steps whose loss or gradient is not finite, instead of stopping the run")
     a("--quiet", action="store_true", help="no progress bars or per-epoch lines")
@@ -152,8 +154,8 @@ def _settled(prog: str, body: Callable[[], int], ranks: distributed.Ranks) -> in
 
 
 def _check_autoattack(wanted: Optional[bool]) -> None:
-    if wanted and not autoattack_available():
-        raise ConfigError("--autoattack needs the `autoattack` package (fra31/auto-attack), which is not installed")
+    if wanted and provider() is None:
+        raise ConfigError(f"--autoattack needs AutoAttack, which is not installed: {INSTALL}")
 
 
 # ---- cure-train -----------------------------------------------------------------------------------------
@@ -224,6 +226,7 @@ def _run_folder(args: argparse.Namespace, options: dict) -> tuple[TrainConfig, s
                                                f"{time.strftime('%Y%m%d-%H%M%S')}")
         if any(os.path.exists(os.path.join(out, f)) for f in OUTPUT_FILES):
             raise ConfigError(f"{out} already holds a run; continue it with --resume or choose another --out")
+    _check_autoattack(cfg.autoattack)  # before the folder is made
     writable_folder(out)
     return cfg, out
 
@@ -231,7 +234,7 @@ def _run_folder(args: argparse.Namespace, options: dict) -> tuple[TrainConfig, s
 def _train(args: argparse.Namespace) -> int:
     options, ranks = _config_options(args), distributed.current()
     cfg, out = ranks.from_main(lambda: _run_folder(args, options))
-    ranks.agreed(lambda: _check_autoattack(cfg.autoattack))
+    ranks.agreed(lambda: _check_autoattack(cfg.autoattack))  # every rank runs AutoAttack on its share
     began = time.perf_counter()
     metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
     if ranks.main:
@@ -271,7 +274,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for the small cnn, else PyTorch's default)")
-    p.add_argument("--autoattack", action="store_true", help="also run AutoAttack (needs `autoattack`)")
+    p.add_argument("--autoattack", action="store_true",
+                   help=f"also AutoAttack, standard version, seeded by --seed (needs: {INSTALL})")
     p.add_argument("--json", help="also write the results to this JSON file")
     return p
 
@@ -288,7 +292,7 @@ def _eval(args: argparse.Namespace) -> int:
     with cpu_threads(args.threads, config["model"]):
         result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
                           steps=args.steps, limit=args.limit, batch_size=args.batch_size, seed=args.seed,
-                          autoattack=args.autoattack, ranks=ranks)
+                          autoattack=args.autoattack, ranks=ranks, progress=print if ranks.main else None)
     result["eps"] = eps
     if ranks.main:
         print(results_table([(os.path.basename(args.checkpoint), result)]))

@@ -8,13 +8,13 @@ whether or not CW∞ runs beside it (a run's per-epoch and final evaluations agr
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .attacks import ce_objective, cw_objective, eval_mode, pgd, random_start
+from .autoattack import run_autoattack
 from .data import Dataset, batches
 from .distributed import SINGLE, Ranks
 
@@ -43,10 +43,13 @@ def summarize(acc: dict) -> dict:
 def evaluate(model: nn.Module, data: Dataset, eps: float, device: torch.device, *, step_size: float,
              steps: int = 20, attacks: Sequence[str] = ("pgd20", "cw"), limit: Optional[int] = None,
              batch_size: int = 256, seed: int = 0, autoattack: bool = False,
-             autocast: Callable[[], ContextManager] = contextlib.nullcontext, ranks: Ranks = SINGLE) -> dict:
+             autocast: Callable[[], ContextManager] = contextlib.nullcontext, ranks: Ranks = SINGLE,
+             progress: Optional[Callable[[str], None]] = None) -> dict:
     """Accuracies of `model` on the first `limit` test examples (all by default). With several ranks, each
     attacks every world-th batch and the counts are summed: every example is counted once, with the random
-    start it gets in one process (a rank draws, and drops, the starts of the batches it leaves to others)."""
+    start it gets in one process (a rank draws, and drops, the starts of the batches it leaves to others).
+    AutoAttack (standard version, seeded with `seed`, in float32) runs on each rank's examples and reports
+    its progress, one line per attack, to `progress`."""
     generators = {name: torch.Generator(device=device).manual_seed(seed + i) for i, name in enumerate(ATTACKS)}
     counts = torch.zeros(2 + len(attacks), dtype=torch.int64)  # total, clean, then one per attack
     mine: list = []  # this rank's examples, for AutoAttack
@@ -66,33 +69,11 @@ def evaluate(model: nn.Module, data: Dataset, eps: float, device: torch.device, 
             counts[0] += len(y)
         if autoattack:
             index = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.int64)
-            counts = torch.cat([counts, torch.tensor([autoattack_correct(model, data, eps, device, batch_size, index)])])
+            _, robust = run_autoattack(model, data.test_x[index].float() / data.scale, data.test_y[index], eps,
+                                       seed=seed, batch_size=batch_size, device=device, progress=progress)
+            counts = torch.cat([counts, robust.sum().cpu().view(1)])
     total, *correct = ranks.sum_(counts.to(device)).tolist()
     names = ["clean", *attacks] + (["aa"] if autoattack else [])
     acc = {f"{k}_acc": 100.0 * v / total for k, v in zip(names, correct)}
     acc["n_test"] = total
     return summarize(acc)
-
-
-def autoattack_correct(model: nn.Module, data: Dataset, eps: float, device: torch.device, batch_size: int,
-                       index: torch.Tensor) -> int:
-    """Test examples `index` that AutoAttack (standard version: APGD-CE, APGD-T, FAB-T, Square, from the
-    `autoattack` package) does not break."""
-    from autoattack import AutoAttack
-
-    if len(index) == 0:
-        return 0
-    x = data.test_x[index].float() / data.scale
-    y = data.test_y[index]
-    adversary = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=str(device), verbose=False)
-    x_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), bs=batch_size)
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(index), batch_size):
-            xb, yb = x_adv[start:start + batch_size], y[start:start + batch_size].to(device)
-            correct += int((model(xb).argmax(1) == yb).sum())
-    return correct
-
-
-def autoattack_available() -> bool:
-    return importlib.util.find_spec("autoattack") is not None

@@ -319,7 +319,7 @@ class Trainer:
                         step_size=cfg.eval_step_size, steps=cfg.eval_steps, attacks=("pgd20", "cw") if final
                         else ("pgd20",), limit=None if final or validation else cfg.eval_limit,
                         batch_size=cfg.eval_batch_size, seed=cfg.seed, autoattack=final and cfg.autoattack,
-                        autocast=self.autocast, ranks=self.ranks)
+                        autocast=self.autocast, ranks=self.ranks, progress=None if self.quiet else tqdm.write)
 
     def _checkpoint(self, setup, scheduler, position) -> dict:
         """last.pt's content; on every rank (it gathers the ranks' attack streams), saved by rank 0."""
