@@ -35,8 +35,9 @@ def test_an_extension_built_against_another_torch_refuses_to_load_in_one_line(tm
 
 
 def test_the_backend_finds_the_environments_torch_inside_pips_build_isolation(tmp_path):
-    """pip's own BuildEnvironment hides this environment's site-packages (torch with them); importing the
-    in-tree backend there makes this torch importable again, and no other."""
+    """pip's own BuildEnvironment hides this environment's site-packages and user site (torch with them);
+    importing the in-tree backend there makes the torch that this interpreter sees outside importable
+    again: the site-packages' one, or a user install's."""
     from pip._internal.build_env import BuildEnvironment
     from pip._internal.utils.temp_dir import global_tempdir_manager
 
@@ -51,10 +52,22 @@ def test_the_backend_finds_the_environments_torch_inside_pips_build_isolation(tm
             f"sys.path[:0] = [{os.path.join(REPO, 'build_backend')!r}, {str(lib)!r}]; import torch_env_backend; "
             "import torch; print(hidden, torch.__file__, hasattr(torch_env_backend, 'build_wheel'), "
             "hasattr(torch_env_backend, 'build_editable'))")
+    # A user install (`pip install --user`) of a torch: the user site comes before the site-packages.
+    user_base = tmp_path / "userbase"
+    user_site = subprocess.run([sys.executable, "-c", "import site; print(site.getusersitepackages())"],
+                               env={**os.environ, "PYTHONUSERBASE": str(user_base)}, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    os.makedirs(os.path.join(user_site, "torch"))
+    with open(os.path.join(user_site, "torch", "__init__.py"), "w") as f:
+        f.write("__version__ = 'user'\n")
     with global_tempdir_manager(), BuildEnvironment():
         proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+        user = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONUSERBASE": str(user_base)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", torch.__file__, "True", "True"]
+    assert user.returncode == 0, user.stderr
+    assert user.stdout.split() == ["True", os.path.join(user_site, "torch", "__init__.py"), "True", "True"]
 
 
 def _pip(venv, *args, cwd, timeout=900):
