@@ -263,9 +263,9 @@ class CURE:
     def _check_batch(self, x, y) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise ValueError("CURE.step: x must be a floating-point batch of inputs [batch, ...]")
-        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype not in (torch.int64, torch.int32) \
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.int64 \
                 or len(y) != len(x):
-            raise ValueError(f"CURE.step: y must hold one integer class index per input ({len(x)}), "
+            raise ValueError(f"CURE.step: y must hold one int64 class index per input ({len(x)}), "
                              f"got {getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
         low, high = float(x.min()), float(x.max())
         if not 0.0 <= low <= high <= 1.0:

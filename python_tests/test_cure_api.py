@@ -205,7 +205,7 @@ class Scores(nn.Module):
     (Scores, lambda x: x, lambda y: y, "model must return class logits"),
     (net, lambda x: x * 2, lambda y: y, r"x must hold inputs in \[0, 1\]"),
     (net, lambda x: x - 0.5, lambda y: y, r"x must hold inputs in \[0, 1\]"),
-    (net, lambda x: x, lambda y: y.float(), "y must hold one integer class index"),
+    (net, lambda x: x, lambda y: y.float(), "y must hold one int64 class index"),
     (net, lambda x: x, lambda y: y + 4, r"y must hold class indices in \[0, 4\)"),
 ])
 def test_a_bad_first_batch_is_refused_before_anything_changes(make, x_of, y_of, message):

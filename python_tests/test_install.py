@@ -70,9 +70,15 @@ def test_the_backend_finds_the_environments_torch_inside_pips_build_isolation(tm
     assert user.stdout.split() == ["True", os.path.join(user_site, "torch", "__init__.py"), "True", "True"]
 
 
-def _pip(venv, *args, cwd, timeout=900):
-    return subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", *args], cwd=cwd, capture_output=True,
+def _in_venv(venv, *args, cwd, timeout=900):
+    """The venv's python, seeing only the venv (not the PYTHONPATH of the tests, if any)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([os.path.join(venv, "bin", "python"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def _pip(venv, *args, cwd, timeout=900):
+    return _in_venv(venv, "-m", "pip", *args, cwd=cwd, timeout=timeout)
 
 
 def _clean_checkout(dest):
@@ -111,8 +117,7 @@ def test_pip_install_dot_in_a_fresh_venv_with_only_torch(tmp_path):
     installed = _pip(venv, "list", "--format=freeze", cwd=elsewhere).stdout.splitlines()
     assert f"torch=={torch.__version__}" in installed  # untouched: no other torch came in
     assert "Collecting torch" not in proc.stdout and "torch-" not in proc.stdout
-    run = subprocess.run([os.path.join(venv, "bin", "python"), "-c", ONE_STEP], cwd=elsewhere, capture_output=True,
-                         text=True)
+    run = _in_venv(venv, "-c", ONE_STEP, cwd=elsewhere)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().startswith(os.path.join(venv, "lib"))  # the installed copy, not the checkout
 
