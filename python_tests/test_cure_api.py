@@ -3,7 +3,6 @@ written here from the parts (attack, losses, autograd, the reference optimizer),
 selection rules; autocast; DDP (2 gloo ranks equal one process); state_dict continuation bit-exact; bad input
 refused before anything changes; `import cure_ext` without the trainer; the example script."""
 import copy
-import io
 import os
 import subprocess
 import sys
