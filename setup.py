@@ -1,8 +1,9 @@
 """Builds cure_ext._C against the PyTorch already installed (CPU, or CUDA when that torch has CUDA).
 
-Build with `pip install --no-build-isolation .`: an isolated build environment has no torch (or would
-fetch a different one, gigabytes of CUDA wheels included), and the extension must match the torch it
-is loaded into.
+`pip install .` works as it is: the in-tree build backend (build_backend/) lets pip's isolated build find
+the torch of the environment being installed into, and torch is never a build requirement (that would
+fetch another torch, gigabytes of CUDA wheels included, and build against it). The torch version is
+recorded in cure_ext/_build_info.py, which `import cure_ext` checks.
 """
 import glob
 import os
@@ -13,9 +14,10 @@ from setuptools import setup
 try:
     import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
-except ImportError:
-    sys.exit("cure_ext builds against the installed PyTorch, which this build cannot import: "
-             "use `pip install --no-build-isolation .` (build isolation hides torch; install torch first if missing).")
+except ImportError as e:
+    sys.exit(f"cure_ext builds against the PyTorch of the Python environment it is installed into ({sys.prefix}), "
+             f"which has none ({e}): install torch first (`pip install torch`; this project's CPU pin is "
+             "`pip install torch==2.13.0`), then rerun the install")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,4 +52,24 @@ def extension():
                          extra_link_args=["-fopenmp"], **kwargs)
 
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtension})
+def write_build_info(with_cuda: bool) -> None:
+    """The torch this build is made against, for `import cure_ext` to check (an extension built against
+    another torch fails to load, or worse)."""
+    text = ('"""Written by setup.py: what cure_ext._C was built against."""\n'
+            f"TORCH_VERSION = {str(torch.__version__)!r}\nTORCH_CUDA = {torch.version.cuda!r}\n"
+            f"WITH_CUDA_KERNELS = {with_cuda!r}\n")
+    path = os.path.join(ROOT, "cure_ext", "_build_info.py")
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def default_jobs() -> str:
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+# ninja (a build requirement) compiles the sources in parallel: MAX_JOBS of them, by default one per core.
+os.environ.setdefault("MAX_JOBS", default_jobs())
+ext = extension()
+write_build_info(any(p.endswith(".cu") for p in ext.sources))
+setup(ext_modules=[ext], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

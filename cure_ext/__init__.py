@@ -1,10 +1,36 @@
-"""cure_ext: CURE (Conserve-Update-Revise) selective adversarial training with a fused C++/CUDA step."""
-import torch  # noqa: F401  (loads libtorch before the extension that links against it)
+"""cure_ext: CURE (Conserve-Update-Revise) selective adversarial training with a fused C++/CUDA step.
 
-from . import _C  # noqa: F401  (registers torch.ops.cure_ext.selective_step and its kernels)
-from . import reference
-from .ops import selective_step
-from .optim import CURESGD
-from .train.checkpoint import load_checkpoint
+Importing it loads the op and the optimizer only; `CURE` and `load_checkpoint` import what they need
+(the attacks, losses, the trainer's checkpoint reader) when first used."""
+import torch  # loads libtorch before the extension that links against it
 
-__all__ = ["selective_step", "reference", "CURESGD", "load_checkpoint"]
+__version__ = "0.1.0"
+
+try:
+    from . import _build_info
+except ImportError:
+    _build_info = None
+if _build_info is not None and _build_info.TORCH_VERSION != str(torch.__version__):
+    raise ImportError(f"cure_ext was built against torch {_build_info.TORCH_VERSION} but torch {torch.__version__} "
+                      "is installed: reinstall cure_ext (`pip install .` in its checkout) to rebuild it")
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.cure_ext.selective_step and its kernels)
+except ModuleNotFoundError:
+    raise ImportError(f"cure_ext's compiled extension is missing from {__path__[0]}: install with `pip install .` "
+                      "(from another folder than the checkout), or build in place with "
+                      "`python setup.py build_ext --inplace`") from None
+from . import reference  # noqa: E402
+from .ops import selective_step  # noqa: E402
+from .optim import CURESGD  # noqa: E402
+
+__all__ = ["selective_step", "reference", "CURESGD", "CURE", "load_checkpoint"]
+
+
+def __getattr__(name: str):
+    if name == "CURE":
+        from .cure import CURE
+        return CURE
+    if name == "load_checkpoint":
+        from .train.checkpoint import load_checkpoint
+        return load_checkpoint
+    raise AttributeError(f"module 'cure_ext' has no attribute {name!r}")

@@ -151,7 +151,7 @@ def _cure_steps(model, x_shards, y_shards, weights, ranks, forward, verdicts=Non
 def _data_parallel_worker(rank, world, init_file, result_file):
     import torch.distributed as dist
 
-    from cure_ext.train import steps
+    from cure_ext import cure as steps  # the step machinery the trainer's CURE step runs
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     model, x, y = _cure_model_and_batch()
