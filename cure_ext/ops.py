@@ -35,9 +35,10 @@ def _check_tensor(t, name: str, i: int, ref: Optional[torch.Tensor]) -> None:
 
 
 def _check_list(values, name: str, n: Optional[int] = None) -> list:
-    if isinstance(values, (torch.Tensor, str)) or not isinstance(values, Sequence):
-        raise TypeError(f"selective_step: {name} must be a list, got {type(values).__name__}")
-    values = list(values)
+    if type(values) is not list:  # the common case first: isinstance(x, Sequence) costs microseconds
+        if isinstance(values, (torch.Tensor, str)) or not isinstance(values, Sequence):
+            raise TypeError(f"selective_step: {name} must be a list, got {type(values).__name__}")
+        values = list(values)
     if n is not None and len(values) != n:
         raise ValueError(f"selective_step: {name} has {len(values)} entries, params has {n}")
     return values
@@ -65,9 +66,9 @@ def check_arguments(params, grads, nat_grads, adv_grads, momentum_buffers, revis
     if selective is None:
         selective = [True] * n
     selective = _check_list(selective, "selective", n)
-    for i, flag in enumerate(selective):
-        if not isinstance(flag, bool):
-            raise TypeError(f"selective_step: selective[{i}] must be a bool, got {type(flag).__name__}")
+    if not set(map(type, selective)) <= {bool}:
+        i, flag = next((i, f) for i, f in enumerate(selective) if type(f) is not bool)
+        raise TypeError(f"selective_step: selective[{i}] must be a bool, got {type(flag).__name__}")
 
     lr = _check_float(lr, "lr", 0.0)
     momentum = _check_float(momentum, "momentum", 0.0)
