@@ -118,7 +118,7 @@ class CURESGD(torch.optim.Optimizer):
                     score=group["score"], conserve=group["conserve"], selective=plan.flags,
                     revise=draw < group["revision_rate"],
                     revision_decay=min(1.0 - 1.0 / (t + 1), group["revision_decay"]))
-            if chosen is not None:  # skipped parameters count 0 kept entries
+            if chosen is not None or kept is None:  # skipped parameters count 0 kept entries
                 group_kept = torch.zeros(len(all_params), dtype=torch.int64,
                                          device=kept.device if kept is not None else None)
                 if kept is not None:
