@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import counting, shapes, timing
+from . import counting, overhead, shapes, timing
 from .variants import StepConfig, floor_bytes, make_variants
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -290,6 +290,10 @@ def run_device(device: torch.device, models: List[str], args) -> dict:
     log(f"  copy bandwidth: {bw['gbps']:.1f} GB/s ({bw['bytes'] / 2**20:.0f} MiB moved per copy)")
 
     elapsed = record["elapsed_s"] = {}
+    if "overhead" not in args.skip:
+        t0 = time.perf_counter()
+        record["overhead"] = overhead.overhead_benchmark(device, quick=args.quick, log=log)
+        elapsed["overhead"] = round(time.perf_counter() - t0, 1)
     record["step"] = {}
     for model in ([] if "step" in args.skip else models):
         t0 = time.perf_counter()
@@ -380,6 +384,8 @@ def summary_table(record: dict) -> str:
     else:
         row("ops dispatched fused / reference", lambda r: f"{r['counts']['fused']['ops']}/{r['counts']['reference']['ops']}")
     lines.append(f"copy bandwidth: {record['copy_bandwidth']['gbps']:.1f} GB/s")
+    if record.get("overhead"):
+        lines += overhead.summary_lines(record["overhead"])
     it = record.get("iteration")
     if it:
         if it.get("error"):
@@ -462,6 +468,17 @@ def markdown_table(record: dict) -> str:
                 continue
             lines.append(f"| {p['tensors']} | {p['numel'] / 2**20:.0f}M | {p['fused_ms']:.1f} | {p['achieved_gbps']:.1f} | "
                          f"{_fmt(p.get('torch_step_ms'), '.1f')} |")
+    oh = record.get("overhead")
+    if oh:
+        names = list(overhead.VARIANTS)
+        lines += ["", f"Fixed cost per call, tensors of {oh['numel']} elements"
+                  + (f", {oh['threads']} thread" if oh.get("threads") else "") + " (µs; ratio over SGD(fused=True)):",
+                  "", "| tensors | " + " | ".join(overhead.VARIANTS[n] for n in names) + " |",
+                  "|---:|" + "---:|" * len(names)]
+        for p in oh["points"]:
+            lines.append(f"| {p['tensors']} | " + " | ".join(
+                f"{p['us'][n]:.0f} ({p['over_sgd_fused'][n]:.2f}×)" if n in p["us"] and p["over_sgd_fused"] else "-"
+                for n in names) + " |")
     it = record.get("iteration") or {}
     if "cure_ms" in it:
         lines.append(f"Training iteration ({it['workload']}): CURE {it['cure_ms']:.0f} ms, TRADES {it['trades_ms']:.0f} ms, "
@@ -477,7 +494,7 @@ def parse_args(argv=None):
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     p.add_argument("--out", default=None,
                    help="directory for the JSON records (default bench/results/), or a .json path for one device")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: step,scaling,iteration")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: overhead,step,scaling,iteration")
     p.add_argument("--table", metavar="RECORD.json", default=None,
                    help="print the README's markdown table of an existing record and exit (no benchmark)")
     p.add_argument("--tiny", action="store_true",
@@ -497,7 +514,7 @@ def parse_args(argv=None):
             if d == "cuda" and not torch.cuda.is_available():
                 p.error("--devices cuda: torch.cuda.is_available() is False on this machine")
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = args.skip - {"step", "scaling", "iteration"}
+    unknown = args.skip - {"overhead", "step", "scaling", "iteration"}
     if unknown:
         p.error(f"unknown --skip part(s): {', '.join(sorted(unknown))}")
     return args

@@ -76,40 +76,59 @@ void test_order_key() {
          "KEEP_NONE above every key", 0);
 }
 
-// One float32 tensor through the step kernel vs SPEC §2 computed directly.
-void test_step(std::mt19937_64& rng) {
-  const int64_t n = 100003;
+// Float32 tensors of the given sizes through one call of the step kernel vs SPEC §2 computed directly:
+// large tensors take the parallel radix path, small ones the per-task nth_element or serial radix path.
+void test_step(std::mt19937_64& rng, const std::vector<int64_t>& sizes) {
   for (int mode = 0; mode < 2; ++mode) {
-    const auto nat = random_scores<float>(rng, n, mode == 0 ? 0 : 2), adv = random_scores<float>(rng, n, 1);
-    auto theta = random_scores<float>(rng, n, 0), grad = random_scores<float>(rng, n, 0);
-    std::vector<float> mom(static_cast<size_t>(n), 0.5f), rev(static_cast<size_t>(n), 1.0f);
     const double alpha = 0.3, percentile = 0.37;
     const cure::ScoreCoeffs<float> c(alpha);
     const auto score_mode = mode == 0 ? cure::ScoreMode::Abs : cure::ScoreMode::Signed;
-    std::vector<uint32_t> keys(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) keys[i] = cure::order_key(cure::score(nat[i], adv[i], c, score_mode));
-    const int64_t k = cure::conserve_count(percentile, n);
-    std::vector<uint32_t> sorted = keys;
-    std::nth_element(sorted.begin(), sorted.begin() + k, sorted.end());
-    const auto expected_theta = theta;
-
-    cure::TensorSlot slot{theta.data(), grad.data(), nat.data(), adv.data(), mom.data(), rev.data(), n, k,
-                          cure::DType::Float32, 1};
-    const cure::StepOptions o{0.1, 0.9, 0.0, 0.0, false, alpha, score_mode, cure::ConserveMode::Freeze, true, 0.9};
-    std::vector<int64_t> kept(1);
-    cure::selective_step_cpu<float, float>({slot}, o, kept.data(), chunked_for);
-
-    int64_t expect_kept = 0;
-    bool masks_match = true;
-    for (int64_t i = 0; i < n; ++i) {
-      const bool kp = keys[i] >= sorted[k];
-      expect_kept += kp;
-      // freeze: conserved entries unchanged; kept ones moved by lr * (0.9 * 0.5 + g).
-      const float want = kp ? expected_theta[i] - 0.1f * (0.9f * 0.5f + grad[i]) : expected_theta[i];
-      masks_match &= kp ? std::fabs(theta[i] - want) <= 1e-5f * (1 + std::fabs(want)) : theta[i] == want;
+    struct Tensor {
+      std::vector<float> nat, adv, theta, grad, mom, rev, start;
+      std::vector<uint32_t> keys;
+      int64_t k;
+      uint32_t threshold;
+    };
+    std::vector<Tensor> ts;
+    std::vector<cure::TensorSlot> slots;
+    for (const int64_t n : sizes) {
+      Tensor t;
+      t.nat = random_scores<float>(rng, n, mode == 0 ? 0 : 2);
+      t.adv = random_scores<float>(rng, n, 1);
+      t.theta = random_scores<float>(rng, n, 0);
+      t.grad = random_scores<float>(rng, n, 0);
+      t.mom.assign(static_cast<size_t>(n), 0.5f);
+      t.rev.assign(static_cast<size_t>(n), 1.0f);
+      t.start = t.theta;
+      t.keys.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) t.keys[i] = cure::order_key(cure::score(t.nat[i], t.adv[i], c, score_mode));
+      t.k = cure::conserve_count(percentile, n);
+      std::vector<uint32_t> sorted = t.keys;
+      std::nth_element(sorted.begin(), sorted.begin() + t.k, sorted.end());
+      t.threshold = sorted[t.k];
+      ts.push_back(std::move(t));
     }
-    expect(kept[0] == expect_kept, "kept count", kept[0] - expect_kept);
-    expect(masks_match, "step applies the exact mask", mode);
+    for (auto& t : ts)
+      slots.push_back(cure::TensorSlot{t.theta.data(), t.grad.data(), t.nat.data(), t.adv.data(), t.mom.data(),
+                                       t.rev.data(), int64_t(t.theta.size()), t.k, cure::DType::Float32, 1});
+    const cure::StepOptions o{0.1, 0.9, 0.0, 0.0, false, alpha, score_mode, cure::ConserveMode::Freeze, true, 0.9};
+    std::vector<int64_t> kept(slots.size());
+    cure::selective_step_cpu<float, float>(slots, o, kept.data(), chunked_for);
+
+    for (size_t j = 0; j < ts.size(); ++j) {
+      const Tensor& t = ts[j];
+      int64_t expect_kept = 0;
+      bool masks_match = true;
+      for (size_t i = 0; i < t.theta.size(); ++i) {
+        const bool kp = t.keys[i] >= t.threshold;
+        expect_kept += kp;
+        // freeze: conserved entries unchanged; kept ones moved by lr * (0.9 * 0.5 + g).
+        const float want = kp ? t.start[i] - 0.1f * (0.9f * 0.5f + t.grad[i]) : t.start[i];
+        masks_match &= kp ? std::fabs(t.theta[i] - want) <= 1e-5f * (1 + std::fabs(want)) : t.theta[i] == want;
+      }
+      expect(kept[j] == expect_kept, "kept count", static_cast<long long>(t.theta.size()));
+      expect(masks_match, "step applies the exact mask", static_cast<long long>(t.theta.size()));
+    }
   }
 }
 
@@ -120,7 +139,8 @@ int main() {
   test_order_key();
   test_select<float>(rng);
   test_select<double>(rng);
-  test_step(rng);
+  test_step(rng, {100003});
+  test_step(rng, {3, 17, 2048, 2049, 32768, 100003, 1, 5000, 32769});
   std::printf(failures ? "%d checks failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }

@@ -1,5 +1,6 @@
-// Turns the op's tensor lists into torch-free TensorSlots for the device kernels: dtype mapping,
-// contiguous views (copies for strided inputs, written back afterwards), per-tensor k.
+// Turns the op's tensor lists into torch-free TensorSlots for the device kernels: checks, dtype mapping,
+// storage-order views (dense layouts in place, whatever their strides, when they agree across the lists;
+// copies only for the rest, written back afterwards), per-tensor k.
 #pragma once
 
 #include <ATen/core/List.h>
@@ -30,7 +31,7 @@ class PreparedStep {
   explicit PreparedStep(const StepCall& call);
   std::vector<TensorSlot>& slots() { return slots_; }
   const StepOptions& options() const { return options_; }
-  // Copies results computed in contiguous scratch back into strided caller tensors.
+  // Copies results computed in contiguous scratch back into the caller's strided tensors.
   void write_back();
 
  private:

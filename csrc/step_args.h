@@ -10,7 +10,8 @@ namespace cure {
 
 enum class DType : int32_t { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 
-// One parameter tensor. Every pointer addresses `n` contiguous elements of `dtype`; nat/adv are
+// One parameter tensor. Every pointer addresses `n` consecutive elements of `dtype`, in the same
+// (storage) order for all of them, which need not be the tensor's logical order; nat/adv are
 // null for a non-selective tensor, mom is null without momentum, rev is null without revision.
 struct TensorSlot {
   void* param;

@@ -1,6 +1,8 @@
 """`cure_ext.selective_step`: argument validation, the fake kernel, and the call into the C++ op.
 
-Every check runs before the op is called, so a bad call leaves every tensor untouched (SPEC §2).
+The wrapper checks the arguments that are not tensors; the op checks every tensor while it builds its
+slots, before writing any, so a bad call leaves every tensor untouched (SPEC §2). When the op refuses a
+call, the wrapper's own per-tensor checks find the argument and index to name.
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ def _check_tensor(t, name: str, i: int, ref: Optional[torch.Tensor]) -> None:
 
 
 def _check_list(values, name: str, n: Optional[int] = None) -> list:
-    if isinstance(values, (torch.Tensor, str)) or not isinstance(values, Sequence):
-        raise TypeError(f"selective_step: {name} must be a list, got {type(values).__name__}")
-    values = list(values)
+    if type(values) is not list:  # the common case first: isinstance(x, Sequence) costs microseconds
+        if isinstance(values, (torch.Tensor, str)) or not isinstance(values, Sequence):
+            raise TypeError(f"selective_step: {name} must be a list, got {type(values).__name__}")
+        values = list(values)
     if n is not None and len(values) != n:
         raise ValueError(f"selective_step: {name} has {len(values)} entries, params has {n}")
     return values
@@ -50,24 +53,22 @@ def _check_float(value, name: str, low: Optional[float] = None, high: Optional[f
     return float(value)
 
 
-def validate(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, *, lr, momentum, dampening,
-             weight_decay, nesterov, percentile, alpha, score, conserve, selective, revise, revision_decay):
-    """Checks a call against SPEC §2 and returns the normalised list arguments."""
+def check_arguments(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, *, lr, momentum,
+                    dampening, weight_decay, nesterov, percentile, alpha, score, conserve, selective, revise,
+                    revision_decay):
+    """Every check of SPEC §2 that does not look inside a list's tensors (the C++ op checks those while
+    it builds its slots, before writing anything); returns the normalised list arguments."""
     params = _check_list(params, "params")
     n = len(params)
-    for i, p in enumerate(params):
-        _check_tensor(p, "params", i, None)
-        if p.device != params[0].device:
-            raise ValueError(f"selective_step: params[{i}] is on {p.device}, params[0] is on {params[0].device}")
     grads = _check_list(grads, "grads", n)
     nat_grads = _check_list(nat_grads, "nat_grads", n)
     adv_grads = _check_list(adv_grads, "adv_grads", n)
     if selective is None:
         selective = [True] * n
     selective = _check_list(selective, "selective", n)
-    for i, flag in enumerate(selective):
-        if not isinstance(flag, bool):
-            raise TypeError(f"selective_step: selective[{i}] must be a bool, got {type(flag).__name__}")
+    if not set(map(type, selective)) <= {bool}:
+        i, flag = next((i, f) for i, f in enumerate(selective) if type(f) is not bool)
+        raise TypeError(f"selective_step: selective[{i}] must be a bool, got {type(flag).__name__}")
 
     lr = _check_float(lr, "lr", 0.0)
     momentum = _check_float(momentum, "momentum", 0.0)
@@ -99,7 +100,18 @@ def validate(params, grads, nat_grads, adv_grads, momentum_buffers, revision_par
         revision_params = []
     else:
         revision_params = _check_list(revision_params, "revision_params", n)
+    return (params, grads, nat_grads, adv_grads, momentum_buffers, revision_params,
+            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                 percentile=percentile, alpha=alpha, score=score, conserve=conserve, selective=selective,
+                 revise=revise, revision_decay=revision_decay))
 
+
+def check_tensors(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, selective) -> None:
+    """The per-tensor checks of SPEC §2 on normalised lists (momentum_buffers/revision_params may be empty)."""
+    for i, p in enumerate(params):
+        _check_tensor(p, "params", i, None)
+        if p.device != params[0].device:
+            raise ValueError(f"selective_step: params[{i}] is on {p.device}, params[0] is on {params[0].device}")
     for i, p in enumerate(params):
         _check_tensor(grads[i], "grads", i, p)
         for name, values in (("nat_grads", nat_grads), ("adv_grads", adv_grads)):
@@ -111,10 +123,13 @@ def validate(params, grads, nat_grads, adv_grads, momentum_buffers, revision_par
         for name, values in (("momentum_buffers", momentum_buffers), ("revision_params", revision_params)):
             if values:
                 _check_tensor(values[i], name, i, p)
-    return (params, grads, nat_grads, adv_grads, momentum_buffers, revision_params,
-            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                 percentile=percentile, alpha=alpha, score=score, conserve=conserve, selective=selective,
-                 revise=revise, revision_decay=revision_decay))
+
+
+def validate(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, **options):
+    """Checks a call against SPEC §2 and returns the normalised list arguments."""
+    checked = check_arguments(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, **options)
+    check_tensors(*checked[:6], checked[6]["selective"])
+    return checked
 
 
 def selective_step(params, grads, nat_grads, adv_grads, momentum_buffers=None, revision_params=None, *, lr,
@@ -122,22 +137,33 @@ def selective_step(params, grads, nat_grads, adv_grads, momentum_buffers=None, r
                    score="abs", conserve="grad", selective=None, revise=False, revision_decay=0.999):
     """Fused CURE step (SPEC §2) over all tensors at once; updates params, momentum_buffers and
     revision_params in place and returns `kept`, the int64 count of updated entries per tensor."""
-    params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, opts = validate(
+    checked = check_arguments(
         params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, lr=lr, momentum=momentum,
         dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, percentile=percentile, alpha=alpha,
         score=score, conserve=conserve, selective=selective, revise=revise, revision_decay=revision_decay)
+    params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, opts = checked
     if not params:  # no tensor to dispatch on
         return torch.zeros(0, dtype=torch.int64)
-    with torch.no_grad():
-        return torch.ops.cure_ext.selective_step(
-            params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, opts["lr"], opts["momentum"],
-            opts["dampening"], opts["weight_decay"], opts["nesterov"], opts["percentile"], opts["alpha"],
-            opts["score"], opts["conserve"], opts["selective"], opts["revise"], opts["revision_decay"])
+    try:
+        with torch.no_grad():
+            return torch.ops.cure_ext.selective_step(
+                params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, opts["lr"],
+                opts["momentum"], opts["dampening"], opts["weight_decay"], opts["nesterov"], opts["percentile"],
+                opts["alpha"], opts["score"], opts["conserve"], opts["selective"], opts["revise"],
+                opts["revision_decay"])
+    except Exception as err:  # the op (or the dispatcher) refused the tensors before writing any
+        failure = err
+    # Word the SPEC's error, naming the argument and index; a call that passes every check failed
+    # for another reason, which is raised as it came.
+    check_tensors(*checked[:6], opts["selective"])
+    raise failure
 
 
 @torch.library.register_fake("cure_ext::selective_step")
 def _selective_step_fake(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, lr, momentum,
                          dampening, weight_decay, nesterov, percentile, alpha, score, conserve, selective, revise,
                          revision_decay):
+    # Tensors on the meta device among real ones dispatch here: the same per-tensor checks as the op's.
+    check_tensors(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, selective)
     device = params[0].device if len(params) else torch.device("cpu")
     return torch.empty(len(params), dtype=torch.int64, device=device)

@@ -6,6 +6,8 @@ min(1 - 1/(t+1), revision_decay) with t the 1-based step count.
 """
 from __future__ import annotations
 
+import copy
+import operator
 from typing import Optional, Sequence
 
 import torch
@@ -41,6 +43,7 @@ class CURESGD(torch.optim.Optimizer):
         self._generator = torch.Generator().manual_seed(seed)
         self._step_count = 0
         self.last_kept: Optional[torch.Tensor] = None
+        self._plans: list = []  # per param group, the tensor lists of its last step (_GroupPlan)
         all_params = self._all_params()
         for group in self.param_groups:
             self._selective_flags(group)  # validates the flag list early
@@ -82,40 +85,52 @@ class CURESGD(torch.optim.Optimizer):
     def step(self, nat_grads: Optional[Sequence] = None, adv_grads: Optional[Sequence] = None, closure=None):
         if closure is not None:
             raise ValueError("CURESGD.step takes no closure: pass the score gradients instead")
-        all_params = self._all_params()
-        nat_grads = list(nat_grads) if nat_grads is not None else [None] * len(all_params)
-        adv_grads = list(adv_grads) if adv_grads is not None else [None] * len(all_params)
+        total = sum(len(group["params"]) for group in self.param_groups)
+        nat_grads = list(nat_grads) if nat_grads is not None else [None] * total
+        adv_grads = list(adv_grads) if adv_grads is not None else [None] * total
         for name, values in (("nat_grads", nat_grads), ("adv_grads", adv_grads)):
-            if len(values) != len(all_params):
+            if len(values) != total:
                 raise ValueError(f"CURESGD.step: {name} has {len(values)} entries, "
-                                 f"the optimizer has {len(all_params)} parameters")
+                                 f"the optimizer has {total} parameters")
         t = self._step_count + 1
         draw = torch.rand((), generator=self._generator).item()
+        if len(self._plans) != len(self.param_groups):
+            self._plans = [None] * len(self.param_groups)
         kept_parts, index = [], 0
-        for group in self.param_groups:
-            flags = self._selective_flags(group)
-            group_kept = torch.zeros(len(group["params"]), dtype=torch.int64)
-            chosen = [j for j, p in enumerate(group["params"]) if p.grad is not None]
-            if chosen:
-                params = [group["params"][j] for j in chosen]
-                buffers = None
-                if group["momentum"] > 0:
-                    buffers = [self._momentum_buffer(p) for p in params]
-                revise = draw < group["revision_rate"]
+        for g, group in enumerate(self.param_groups):
+            all_params = group["params"]
+            grads = [p.grad for p in all_params]
+            plan = self._plans[g]
+            if plan is None or not plan.fits(self, group, grads):
+                plan = self._plans[g] = _GroupPlan(self, group, grads)
+            chosen = plan.chosen
+            if chosen is None:  # every parameter has a gradient
+                nat, adv = nat_grads[index:index + len(all_params)], adv_grads[index:index + len(all_params)]
+            else:
+                nat, adv = [nat_grads[index + j] for j in chosen], [adv_grads[index + j] for j in chosen]
+                grads = [grads[j] for j in chosen]
+            kept = None
+            if plan.params:
                 kept = self._step_fn(
-                    params, [p.grad for p in params], [nat_grads[index + j] for j in chosen],
-                    [adv_grads[index + j] for j in chosen], buffers, [self._revision(p) for p in params],
-                    lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                    weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                    percentile=group["percentile"], alpha=group["alpha"], score=group["score"],
-                    conserve=group["conserve"], selective=[flags[j] for j in chosen], revise=revise,
+                    plan.params, grads, nat, adv, plan.buffers, plan.revisions, lr=group["lr"],
+                    momentum=group["momentum"], dampening=group["dampening"], weight_decay=group["weight_decay"],
+                    nesterov=group["nesterov"], percentile=group["percentile"], alpha=group["alpha"],
+                    score=group["score"], conserve=group["conserve"], selective=plan.flags,
+                    revise=draw < group["revision_rate"],
                     revision_decay=min(1.0 - 1.0 / (t + 1), group["revision_decay"]))
-                group_kept = group_kept.to(kept.device)
-                group_kept[chosen] = kept
-            kept_parts.append(group_kept)
-            index += len(group["params"])
+            if chosen is not None or kept is None:  # skipped parameters count 0 kept entries
+                group_kept = torch.zeros(len(all_params), dtype=torch.int64,
+                                         device=kept.device if kept is not None else None)
+                if kept is not None:
+                    group_kept[chosen] = kept
+                kept = group_kept
+            kept_parts.append(kept)
+            index += len(all_params)
         self._step_count = t
-        self.last_kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64)
+        if len(kept_parts) == 1:
+            self.last_kept = kept_parts[0]
+        else:
+            self.last_kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64)
         return self.last_kept
 
     def _revision(self, p: torch.Tensor) -> torch.Tensor:
@@ -154,3 +169,31 @@ class CURESGD(torch.optim.Optimizer):
                 self.state[p]["revision"] = external[i]
         self._step_count = int(cure["step"])
         self._generator.set_state(cure["generator"])
+
+
+class _GroupPlan:
+    """The lists one param group hands to the op, kept across steps: building them costs a state lookup
+    per tensor (a Python-level hash each), more than the fused step of small tensors. Rebuilt when
+    anything they come from changes: the group dict or its params list (by identity, entry by entry),
+    which params have a gradient, momentum on/off, the selective flags, or the optimizer's state dict
+    (load_state_dict installs a new one)."""
+
+    def __init__(self, opt: CURESGD, group: dict, grads: list):
+        self.group, self.state, self.all_params = group, opt.state, list(group["params"])
+        self.has_grad = [g is not None for g in grads]
+        self.use_momentum = group["momentum"] > 0
+        self.selective = copy.copy(group["selective"])
+        flags = opt._selective_flags(group)
+        self.chosen = None if all(self.has_grad) else [j for j, has in enumerate(self.has_grad) if has]
+        chosen = range(len(self.all_params)) if self.chosen is None else self.chosen
+        self.params = [self.all_params[j] for j in chosen]
+        self.flags = [flags[j] for j in chosen]
+        self.buffers = [opt._momentum_buffer(p) for p in self.params] if self.use_momentum else None
+        self.revisions = [opt._revision(p) for p in self.params]
+
+    def fits(self, opt: CURESGD, group: dict, grads: list) -> bool:
+        params = group["params"]
+        return (group is self.group and opt.state is self.state and len(params) == len(self.all_params)
+                and all(map(operator.is_, params, self.all_params))
+                and [g is not None for g in grads] == self.has_grad
+                and (group["momentum"] > 0) == self.use_momentum and group["selective"] == self.selective)

@@ -54,6 +54,12 @@ def test_bench_writes_spec_record(bench_run):
     for key in ITERATION_KEYS:
         assert _positive(record["iteration"].get(key)), key
     assert record["scaling"]["by_tensors"] and record["scaling"]["by_size"]
+    points = record["overhead"]["points"]
+    assert [p["tensors"] for p in points] == [62, 512]
+    for p in points:
+        assert "errors" not in p, p.get("errors")
+        for name in ("selective_step", "torch_ops", "curesgd_step", "sgd_fused", "foreach_add"):
+            assert _positive(p["us"][name]) and _positive(p["over_sgd_fused"][name]), (p["tensors"], name)
 
 
 def test_bench_prints_ratio_table_last(bench_run):
@@ -61,3 +67,4 @@ def test_bench_prints_ratio_table_last(bench_run):
     tail = proc.stdout.strip().splitlines()
     assert any("reference / fused" in line for line in tail)
     assert any("bandwidth fraction" in line for line in tail)
+    assert any("fixed cost per call" in line for line in tail)

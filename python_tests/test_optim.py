@@ -165,3 +165,39 @@ def test_step_rejects_misaligned_score_grads():
     with pytest.raises(ValueError, match="nat_grads"):
         opt.step([None], [None] * 6)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_edits_between_steps_are_followed():
+    """CURESGD keeps each group's tensor lists across steps; every edit torch.optim allows between steps
+    (flags, momentum, a missing gradient, a new group) must act exactly as in a freshly built optimizer
+    that loads the same state."""
+    models = [make_model(3), make_model(3)]
+    extra = [torch.nn.Parameter(torch.ones(5)) for _ in models]
+    hyper = {k: v for k, v in HYPER.items() if k != "revision_rate"}
+    opts = [cure_ext.CURESGD(groups(m), revision_rate=0.5, seed=7, **hyper) for m in models]
+    edits = [
+        lambda o, m, x: None,
+        lambda o, m, x: o.param_groups[0].update(selective=[False, True, True, False]),
+        lambda o, m, x: o.param_groups[1].update(momentum=0.0),
+        lambda o, m, x: setattr(list(m.parameters())[1], "grad", None),
+        lambda o, m, x: o.add_param_group(dict(params=[x], selective=True)),
+        lambda o, m, x: o.param_groups[1].update(momentum=0.5, selective=True),
+    ]
+    gen = [torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)]
+    for step, edit in enumerate(edits):
+        for j, (model, x) in enumerate(zip(models, extra)):
+            nat, adv = fake_grads(model, gen[j])
+            if step >= 4:  # the added group's parameter
+                x.grad = torch.full_like(x, 0.5)
+                nat, adv = nat + [torch.arange(5.0)], adv + [torch.ones(5)]
+            if j == 1:  # a fresh optimizer each step: nothing kept from earlier steps
+                fresh = cure_ext.CURESGD([dict(g) for g in opts[1].param_groups], revision_rate=0.5, **hyper)
+                fresh.load_state_dict(opts[1].state_dict())
+                opts[1] = fresh
+            edit(opts[j], model, x)
+            opts[j].step(nat, adv)
+        assert torch.equal(opts[0].last_kept, opts[1].last_kept), step
+        for a, b in zip(list(models[0].parameters()) + [extra[0]], list(models[1].parameters()) + [extra[1]]):
+            assert torch.equal(a, b), step
+        for a, b in zip(opts[0].revision_tensors(), opts[1].revision_tensors()):
+            assert torch.equal(a, b), step

@@ -136,6 +136,86 @@ def test_non_contiguous(device, dtype):
     assert torch.equal(fused_base["params"][2], untouched)
 
 
+def _channels_last(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _permuted(t):  # a dense layout walked in an order no memory format names
+    return t.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+
+
+# Dense non-contiguous layouts (SPEC §2: non-contiguous tensors handled, results in the caller's tensor).
+DENSE_SHAPES = [(64, 3, 3, 3), (16, 8, 5, 5), (6, 7, 9), (40, 30), (5, 1, 3, 3), (3000, 2)]
+DENSE_LAYOUTS = [_channels_last, _channels_last, _permuted, lambda t: t.t().contiguous().t(), _channels_last,
+                 lambda t: t.t().contiguous().t()]
+KW_LAYOUT = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, percentile=0.35, alpha=0.2, revise=True,
+                 revision_decay=0.9)
+
+
+def with_layouts(case, layouts):
+    """The case with every list's entry i in layouts[i] (same values); layouts may differ per field."""
+    out = {}
+    for f, ts in case.items():
+        fl = layouts[f] if isinstance(layouts, dict) else layouts
+        out[f] = [lay(t) for lay, t in zip(fl, ts)]
+    return out
+
+
+def bits(t):
+    """The tensor's bit patterns, so that equal NaNs compare equal."""
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def aten_copies(fn):
+    """How many copy operators (the copies of strided inputs) one call runs, from torch.profiler."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key in ("aten::copy_", "aten::contiguous", "aten::clone"))
+
+
+def check_layout_call(case, layouts, seed):
+    """The op on `case` laid out by `layouts` equals, bit for bit, the op on contiguous tensors, agrees
+    with the reference, and leaves the layouts as they were; returns the number of copies it made."""
+    contiguous, ref = clone_case(case), clone_case(case)
+    laid = with_layouts(clone_case(case), layouts)
+    strides = {f: [t.stride() for t in ts] for f, ts in laid.items()}
+    kept = []
+    copies = aten_copies(lambda: kept.append(call(cure_ext.selective_step, laid, **KW_LAYOUT)))
+    kc = call(cure_ext.selective_step, contiguous, **KW_LAYOUT)
+    kr = call(reference.selective_step, ref, **KW_LAYOUT)
+    assert torch.equal(kept[0].cpu(), kc.cpu()) and torch.equal(kc.cpu(), kr.cpu()), f"seed={seed}"
+    for f in ("params", "momentum_buffers", "revision_params"):
+        for i, (a, b) in enumerate(zip(laid[f], contiguous[f])):
+            assert a.stride() == strides[f][i], f"{f}[{i}] changed layout"
+            assert torch.equal(bits(a), bits(b)), f"seed={seed} {f}[{i}] differs from the contiguous call"
+    assert_case_close(laid, ref, f"seed={seed}")
+    return copies
+
+
+def test_dense_layouts_step_in_place_without_copies(device, dtype):
+    seed = new_seed()
+    case = make_case(DENSE_SHAPES, dtype, device, seed)
+    assert not any(lay(t).is_contiguous() for lay, t in zip(DENSE_LAYOUTS, case["params"][:4]))
+    assert check_layout_call(case, DENSE_LAYOUTS, seed) == 0
+
+
+def test_layouts_disagreeing_across_lists_are_copied(device, dtype):
+    """params channels_last with contiguous gradients, and a strided (non-dense) view: the copy path,
+    with the same bits as the contiguous call."""
+    seed = new_seed()
+    case = make_case(DENSE_SHAPES, dtype, device, seed)
+    layouts = {f: DENSE_LAYOUTS for f in case}
+    layouts["grads"] = [lambda t: t] * len(DENSE_SHAPES)
+    assert check_layout_call(case, layouts, seed) > 0
+
+
+def test_strided_views_are_copied(device, dtype):
+    seed = new_seed()
+    case = make_case([(40, 30), (200,)], dtype, device, seed)
+    every_other = [lambda t: torch.repeat_interleave(t, 2, dim=-1)[..., ::2]] * 2  # not dense
+    assert check_layout_call(case, every_other, seed) > 0
+
+
 def test_known_mask_values():
     """SPEC §2 by hand: k = floor(0.3 * 10) = 3; abs scores with alpha = 0.5 are |a|/2 + |b|/2."""
     nat = torch.tensor([4.0, -0.0, 2.0, float("nan"), -6.0, 0.0, 1.0, 2.0, float("inf"), 3.0])

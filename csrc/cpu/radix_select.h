@@ -24,7 +24,9 @@ template <typename Key> constexpr int first_shift() { return int(sizeof(Key) * 8
 // kLanes interleaved sub-histograms: scores crowd into few buckets, and increments of one counter
 // would otherwise wait on each other.
 template <typename Key> void count_digits(const Key* keys, int64_t begin, int64_t end, int s, int64_t* h) {
-  std::vector<uint32_t> lanes(kLanes * kRadixBuckets, 0u);  // a chunk holds < 2^32 keys
+  // Per thread and reused: a fresh 32 KiB vector per call costs more than counting a small tensor.
+  static thread_local std::vector<uint32_t> lanes;
+  lanes.assign(kLanes * kRadixBuckets, 0u);  // a chunk holds < 2^32 keys
   const auto digit = [s](Key key) { return int64_t((key >> s) & Key(kRadixBuckets - 1)); };
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes)
