@@ -9,7 +9,7 @@ import torch
 
 import cure_ext
 
-from . import timing
+from . import host_plan, timing
 
 COUNTS = (62, 512)  # ResNet-18's tensor count, and a large model's
 NUMEL = 16
@@ -74,6 +74,8 @@ def overhead_benchmark(device: torch.device, quick: bool = False, log=None) -> d
                        "min_us": {k: t.min_ms * 1e3 for k, t in res.items()}}
         base: Optional[float] = point["us"].get("sgd_fused")
         point["over_sgd_fused"] = {k: v / base for k, v in point["us"].items()} if base else {}
+        # The CUDA host path's planner, timed on the CPU (it is host code): a changed list vs an unchanged one.
+        point["cuda_plan_us"] = host_plan.plan_cost_us(n, NUMEL, 200 if quick else 5000)
         if errors:
             point["errors"] = errors
         out["points"].append(point)
@@ -92,4 +94,7 @@ def summary_lines(overhead: dict) -> list:
         cells = [f"{k} {v:.0f}" + (f" ({ratios[k]:.2f}x)" if k in ratios and k != "sgd_fused" else "")
                  for k, v in p["us"].items()]
         lines.append(f"  {p['tensors']:4d} tensors: " + ", ".join(cells))
+        plan = p["cuda_plan_us"]
+        lines.append(f"        CUDA planner (host): {plan['first_us']:.1f} us when the list changed, "
+                     f"{plan['cached_us']:.2f} us when unchanged (plan and upload reused)")
     return lines
