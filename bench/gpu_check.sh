@@ -221,7 +221,7 @@ step_train() {
   local device=cpu model=cnn limit=64
   if [ $GPU = 1 ]; then device=cuda model=resnet18 limit=256; fi
   local common=(--dataset cifar10 --data-dir "$WORK/data" --model "$model" --pretrain-epochs 0 --epochs 1
-                --batch-size 64 --train-limit "$limit" --test-limit 64 --eval-limit 64 --attack-steps 2
+                --batch-size 64 --train-limit "$limit" --val-size 64 --test-limit 64 --eval-limit 64 --attack-steps 2
                 --eval-steps 2 --quiet)
   local name args
   for name in cure trades cure-bf16 torchrun; do
