@@ -12,7 +12,7 @@ from cure_ext.train.loop import cpu_threads
 from cure_ext.train.losses import cure_loss
 from cure_ext.train.models import build_model
 from cure_ext.train.selection import selective_flags
-from cure_ext.train import steps
+import cure_ext.cure
 from cure_ext.train.steps import StepSetup, cure_step, trades_step
 
 
@@ -94,7 +94,7 @@ def test_cure_with_p0_gamma0_no_revision_is_a_trades_step(monkeypatch):
     attack = torch.Generator().manual_seed(0)
     for _ in range(3):
         x_adv = trades_adversary(a, x, 0.2, 0.05, 3, attack)
-        monkeypatch.setattr(steps, "trades_adversary", lambda model, inputs, *args: x_adv)
+        monkeypatch.setattr(cure_ext.cure, "trades_adversary", lambda model, inputs, *args: x_adv)
         rc, rt = cure_step(cure, x, y), trades_step(trades, x, y)
         assert torch.allclose(rc.loss, rt.loss, atol=1e-6)
         assert rc.kept.tolist() == [p.numel() for p in params]
