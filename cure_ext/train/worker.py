@@ -59,9 +59,9 @@ def main(argv: list) -> int:
     out = argv[0]
     try:
         train(TrainConfig.from_dict(read_json(os.path.join(out, REQUEST))), out, quiet=True)
-    except UserError as e:  # one line, as cure-train prints it; cure-compare quotes it
+    except (UserError, OSError) as e:  # one line, as cure-train reports these; cure-compare quotes it
         print(f"error: {e}", flush=True)
-        return e.exit_code
+        return getattr(e, "exit_code", 2)
     return 0
 
 
