@@ -76,8 +76,13 @@ void test_order_key() {
          "KEEP_NONE above every key", 0);
 }
 
+// Tensors above kSortSelectMax whose threshold's 16-bit bucket is sparse (the update sets it aside)
+// and dense (an exact radix select first), as the kernel decides: the cases must cover both.
+int64_t sparse_buckets = 0, dense_buckets = 0;
+
 // Float32 tensors of the given sizes through one call of the step kernel vs SPEC §2 computed directly:
-// large tensors take the parallel radix path, small ones the per-task nth_element or serial radix path.
+// large tensors run in parallel inside, small ones whole per task; abs scores of normal gradients give
+// sparse buckets, signed scores of few distinct values dense ones.
 void test_step(std::mt19937_64& rng, const std::vector<int64_t>& sizes) {
   for (int mode = 0; mode < 2; ++mode) {
     const double alpha = 0.3, percentile = 0.37;
@@ -106,6 +111,12 @@ void test_step(std::mt19937_64& rng, const std::vector<int64_t>& sizes) {
       std::vector<uint32_t> sorted = t.keys;
       std::nth_element(sorted.begin(), sorted.begin() + t.k, sorted.end());
       t.threshold = sorted[t.k];
+      if (n > cure::kSortSelectMax) {
+        const auto in_bucket = std::count_if(t.keys.begin(), t.keys.end(), [&](uint32_t key) {
+          return cure::bucket_of(key) == cure::bucket_of(t.threshold);
+        });
+        ++(in_bucket * cure::kDeferShare > n ? dense_buckets : sparse_buckets);
+      }
       ts.push_back(std::move(t));
     }
     for (auto& t : ts)
@@ -141,6 +152,7 @@ int main() {
   test_select<double>(rng);
   test_step(rng, {100003});
   test_step(rng, {3, 17, 2048, 2049, 32768, 100003, 1, 5000, 32769});
+  expect(sparse_buckets > 0 && dense_buckets > 0, "both select paths taken", sparse_buckets);
   std::printf(failures ? "%d checks failed\n" : "all checks passed\n", failures);
   return failures ? 1 : 0;
 }

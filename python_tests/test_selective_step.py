@@ -80,6 +80,22 @@ def test_heavy_ties(device, dtype, score):
                             momentum=0.9)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_large_tensors_on_two_threads(device, dtype, ties):
+    """Millions of entries over two threads: the CPU step sets the threshold bucket's entries aside
+    (thousands of them, decided in parallel after the update pass) or, with many equal scores, selects
+    exactly first."""
+    seed = new_seed()
+    case = make_case([(1_500_001,), (1000, 2001)], dtype, device, seed, ties=ties)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        check_against_reference(case, seed, steps=2, lr=0.1, momentum=0.9, weight_decay=5e-4, percentile=0.45,
+                                alpha=0.3, revise=True, revision_decay=0.9)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("score", ["abs", "signed"])
 @pytest.mark.parametrize("percentile", [0.05, 0.5, 0.9, 0.99])
 def test_nan_inf_negative_zero(device, dtype, score, percentile):

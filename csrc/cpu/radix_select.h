@@ -1,4 +1,5 @@
-// Exact k-th smallest key by most-significant-digit radix select (torch-free). Each pass histograms
+// Exact k-th smallest key by most-significant-digit radix select (torch-free); the CPU step's select
+// when many equal scores crowd the threshold's bucket (see bucket_select.h). Each pass histograms
 // one digit over the surviving candidates, picks the bucket holding rank k and compacts its members;
 // the first digit is 11 bits wide because non-negative scores share few exponent buckets.
 #pragma once
@@ -45,11 +46,8 @@ template <typename Key> struct SelectScratch {
 
 // Returns the key of 0-based rank k (0 <= k < n) among keys[0..n); the keys are not modified.
 // ParallelFor: callable as pfor(begin, end, fn) running fn(b, e) over disjoint sub-ranges.
-// first_counted: scratch.hist already holds the first digit's per-chunk counts over the chunks of
-// select_chunk(n) (the CPU step counts them while it writes the keys, saving a pass).
 template <typename Key, typename ParallelFor>
-Key radix_select(const Key* keys, int64_t n, int64_t k, SelectScratch<Key>& scratch, ParallelFor&& pfor,
-                 bool first_counted = false) {
+Key radix_select(const Key* keys, int64_t n, int64_t k, SelectScratch<Key>& scratch, ParallelFor&& pfor) {
   const Key* src = keys;
   Key prefix = 0;
   int next = 0;  // the buffer the next compaction writes; src is never it
@@ -60,13 +58,11 @@ Key radix_select(const Key* keys, int64_t n, int64_t k, SelectScratch<Key>& scra
     const int64_t chunks = (n + len - 1) / len;
     // Per-chunk histograms over a fixed partition, so the compaction knows each chunk's offset.
     std::vector<int64_t>& hist = scratch.hist;
-    if (!first_counted || shift != first_shift<Key>()) {
-      hist.assign(static_cast<size_t>(chunks * kRadixBuckets), 0);
-      pfor(0, chunks, [&](int64_t cb, int64_t ce) {
-        for (int64_t c = cb; c < ce; ++c)
-          count_digits(src, c * len, std::min(n, (c + 1) * len), s, hist.data() + c * kRadixBuckets);
-      });
-    }
+    hist.assign(static_cast<size_t>(chunks * kRadixBuckets), 0);
+    pfor(0, chunks, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c)
+        count_digits(src, c * len, std::min(n, (c + 1) * len), s, hist.data() + c * kRadixBuckets);
+    });
     std::vector<int64_t>& total = scratch.total;
     total.assign(kRadixBuckets, 0);
     for (int64_t c = 0; c < chunks; ++c)
