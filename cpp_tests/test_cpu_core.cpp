@@ -133,9 +133,14 @@ void test_step(std::mt19937_64& rng, const std::vector<int64_t>& sizes) {
       for (size_t i = 0; i < t.theta.size(); ++i) {
         const bool kp = t.keys[i] >= t.threshold;
         expect_kept += kp;
-        // freeze: conserved entries unchanged; kept ones moved by lr * (0.9 * 0.5 + g).
+        // freeze: conserved entries (and their momentum) unchanged; kept ones moved by lr * (0.9 * 0.5 + g).
         const float want = kp ? t.start[i] - 0.1f * (0.9f * 0.5f + t.grad[i]) : t.start[i];
         masks_match &= kp ? std::fabs(t.theta[i] - want) <= 1e-5f * (1 + std::fabs(want)) : t.theta[i] == want;
+        const float want_mom = kp ? 0.9f * 0.5f + t.grad[i] : 0.5f;
+        masks_match &= kp ? std::fabs(t.mom[i] - want_mom) <= 1e-5f * (1 + std::fabs(want_mom)) : t.mom[i] == 0.5f;
+        // Every entry's revision moves toward its (new or conserved) weight: 0.9 * 1 + 0.1 * theta.
+        const float want_rev = 0.9f + 0.1f * t.theta[i];
+        masks_match &= std::fabs(t.rev[i] - want_rev) <= 1e-5f * (1 + std::fabs(want_rev));
       }
       expect(kept[j] == expect_kept, "kept count", static_cast<long long>(t.theta.size()));
       expect(masks_match, "step applies the exact mask", static_cast<long long>(t.theta.size()));

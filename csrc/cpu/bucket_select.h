@@ -1,6 +1,7 @@
 // The CPU step's first selection pass (torch-free): counts of the keys' top 16 bits (their bucket),
 // per thread and then merged, and the bucket holding the k-th key. A 16-bit bucket of a float32 score
-// spans 1/128 of an octave, so the threshold's bucket holds a few entries per thousand.
+// spans 1/128 of an octave, so the threshold's bucket holds a few entries per thousand (of a float64
+// score, 1/16 of an octave: a few per hundred).
 #pragma once
 
 #include <algorithm>
@@ -42,7 +43,7 @@ struct BucketSelect {
 // One thread's counts since its last merge, in kBucketLanes interleaved copies: consecutive keys
 // count into different copies, so increments of equal buckets (score crowds) need not wait on each
 // other.
-constexpr int kBucketLanes = 4;
+constexpr int kBucketLanes = 2;
 template <typename K> struct BucketCounts {
   std::vector<uint32_t> counts = std::vector<uint32_t>(kBucketLanes * kBucketCount, 0u);
   int64_t lo = kBucketCount, hi = -1, total = 0;
