@@ -125,11 +125,13 @@ def test_mixed_selective_flags_and_missing_score_grads(device, dtype):
             case["nat_grads"][i] = case["adv_grads"][i] = None
     check_against_reference(case, seed, steps=2, lr=0.1, momentum=0.9, percentile=0.6, selective=flags,
                             revise=True)
-    kept = call(cure_ext.selective_step, clone_case(case), lr=0.1, momentum=0.9, percentile=0.6,
-                selective=flags)
+    kw = dict(lr=0.1, momentum=0.9, percentile=0.6, selective=flags)
+    kept = call(cure_ext.selective_step, clone_case(case), **kw)
+    assert torch.equal(kept.cpu(), call(reference.selective_step, clone_case(case), **kw).cpu()), seed
     for i, f in enumerate(flags):
         n = math.prod(SHAPES[i])
-        assert kept[i] == (n - math.floor(0.6 * n) if f else n)
+        # Ties at the threshold are kept (16-bit gradients tie often): at most floor(0.6 n) conserved.
+        assert n - math.floor(0.6 * n) <= kept[i] <= n if f else kept[i] == n, (seed, i)
 
 
 def test_non_contiguous(device, dtype):

@@ -39,11 +39,12 @@ def kl_rows(p_logits, q_logits):
 
 def test_cure_loss_equals_a_hand_computation():
     g = torch.Generator().manual_seed(0)
-    lin = nn.Linear(3, 4)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        lin, rev = nn.Linear(3, 4), nn.Linear(3, 4)
     x = torch.rand(5, 3, generator=g)
     x_adv = x + 0.1 * torch.rand(5, 3, generator=g)
     y = torch.tensor([0, 3, 1, 2, 3])
-    rev = nn.Linear(3, 4)
     z, z_adv = lin(x), lin(x_adv)
     r, r_adv = rev(x), rev(x_adv)
     beta, gamma = 2.5, 0.7
