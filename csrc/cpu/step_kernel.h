@@ -40,6 +40,7 @@ template <typename K> struct KeyWorkspace {
   SelectScratch<K> select;
   BucketSelect buckets;
   std::vector<int64_t> deferred;  // indices set aside by the update pass
+  std::vector<K> members;         // a dense threshold bucket's keys
   K* get(int64_t n) {
     if (keys.size() < static_cast<size_t>(n)) keys.resize(static_cast<size_t>(n));
     return keys.data();
@@ -192,17 +193,28 @@ int64_t step_tensor(const TensorSlot& slot, const StepOptions& o, ParallelFor&& 
     }
   });
   const BucketPick pick = sel.pick(slot.k);
+  const K bucket = K(pick.bucket), bucket_start = K(bucket << bucket_shift<K>());
   if (pick.count * kDeferShare > n) {
-    // Dense bucket (many equal scores): deferring it would cost more than an exact select first.
+    // Dense bucket (many equal scores): deferring it would cost more than an exact select first,
+    // among the bucket's keys only (the counts already placed rank k there).
+    std::vector<K>& members = ws.members;
+    members.clear();
+    pfor(0, n, kElementGrain, [&](int64_t b, int64_t e) {
+      std::vector<K> local;
+      for (int64_t i = b; i < e; ++i)
+        if (bucket_of(keys[i]) == bucket) local.push_back(keys[i]);
+      std::lock_guard<std::mutex> lock(merge);
+      members.insert(members.end(), local.begin(), local.end());
+    });
     const auto chunk_pfor = [&](int64_t b, int64_t e, const auto& fn) { pfor(b, e, 1, fn); };
-    const K threshold = radix_select(static_cast<const K*>(keys), n, slot.k, ws.select, chunk_pfor);
+    const K threshold = radix_select(static_cast<const K*>(members.data()), pick.count, pick.rank, ws.select,
+                                     chunk_pfor);
     update(keys, threshold, false);
     return kept.load();
   }
   // Everything outside the threshold's bucket is decided by its digit; the bucket's few entries wait
   // for their exact order statistic (rank pick.rank among them), then take the same update one by one.
   ws.deferred.clear();
-  const K bucket = K(pick.bucket), bucket_start = K(bucket << bucket_shift<K>());
   with_flags(h.use_momentum, o.revise, [&](auto use_momentum, auto revise) {
     pfor(0, n, kElementGrain, [&](int64_t b, int64_t e) {
       std::vector<int64_t>& local = thread_deferred();
