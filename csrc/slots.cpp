@@ -17,8 +17,12 @@ DType dtype_of(const at::Tensor& t, size_t i) {
 
 // Every tensor's checks, before anything is written: the Python wrapper leaves the per-tensor checks
 // to this loop (it touches every tensor anyway) and words the SPEC's message when one fails.
-void check_same(const at::Tensor& p, const at::Tensor& t, const char* name, size_t i) {
+void check_strided(const at::Tensor& t, const char* name, size_t i) {
   TORCH_CHECK_TYPE(t.layout() == at::kStrided, "selective_step: ", name, "[", i, "] must be a dense (strided) tensor");
+}
+
+void check_same(const at::Tensor& p, const at::Tensor& t, const char* name, size_t i) {
+  check_strided(t, name, i);
   TORCH_CHECK_VALUE(t.sizes() == p.sizes() && t.scalar_type() == p.scalar_type() && t.device() == p.device(),
                     "selective_step: ", name, "[", i, "] must match params[", i, "] in shape, dtype and device");
 }
@@ -78,7 +82,7 @@ PreparedStep::PreparedStep(const StepCall& c) : options_(c.options) {
   std::vector<const at::Tensor*> operands;  // index i's tensors, params[i] first
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = c.params[i];
-    TORCH_CHECK_TYPE(p.layout() == at::kStrided, "selective_step: params[", i, "] must be a dense (strided) tensor");
+    check_strided(p, "params", i);
     TORCH_CHECK_VALUE(p.device() == c.params[0].device(), "selective_step: params[", i,
                       "] is on another device than params[0]");
     TensorSlot s{};
@@ -99,30 +103,28 @@ PreparedStep::PreparedStep(const StepCall& c) : options_(c.options) {
     if (options_.revise) operands.push_back(&c.revision_params[i]);
 
     const bool in_place = storage_order_agrees(operands);
-    const auto output = [&](const at::Tensor& t) { return in_place ? t.data_ptr() : writable(t); };
-    const auto input = [&](const at::Tensor& t) -> const void* { return in_place ? t.data_ptr() : readable(t); };
-    s.param = output(p);
-    s.grad = input(c.grads[i]);
+    s.param = writable(p, in_place);
+    s.grad = readable(c.grads[i], in_place);
     if (s.selective) {
-      s.nat = input(*nat);
-      s.adv = input(*adv);
+      s.nat = readable(*nat, in_place);
+      s.adv = readable(*adv, in_place);
       s.k = conserve_count(c.percentile, s.n);
     }
-    if (use_momentum) s.mom = output(c.momentum_buffers[i]);
-    if (options_.revise) s.rev = output(c.revision_params[i]);
+    if (use_momentum) s.mom = writable(c.momentum_buffers[i], in_place);
+    if (options_.revise) s.rev = writable(c.revision_params[i], in_place);
     slots_.push_back(s);
   }
 }
 
-void* PreparedStep::writable(const at::Tensor& t) {
-  if (t.is_contiguous()) return t.data_ptr();
+void* PreparedStep::writable(const at::Tensor& t, bool in_place) {
+  if (in_place || t.is_contiguous()) return t.data_ptr();
   at::Tensor copy = t.contiguous();
   written_.emplace_back(t, copy);
   return copy.data_ptr();
 }
 
-const void* PreparedStep::readable(const at::Tensor& t) {
-  if (t.is_contiguous()) return t.data_ptr();
+const void* PreparedStep::readable(const at::Tensor& t, bool in_place) {
+  if (in_place || t.is_contiguous()) return t.data_ptr();
   inputs_.push_back(t.contiguous());
   return inputs_.back().data_ptr();
 }

@@ -35,8 +35,10 @@ class PreparedStep {
   void write_back();
 
  private:
-  void* writable(const at::Tensor& t);
-  const void* readable(const at::Tensor& t);
+  // The tensor's own storage when in place (storage order agrees across the index) or contiguous;
+  // otherwise a contiguous copy (written back after the step, for writable).
+  void* writable(const at::Tensor& t, bool in_place);
+  const void* readable(const at::Tensor& t, bool in_place);
 
   std::vector<TensorSlot> slots_;
   StepOptions options_;
