@@ -127,10 +127,8 @@ class CURESGD(torch.optim.Optimizer):
             kept_parts.append(kept)
             index += len(all_params)
         self._step_count = t
-        if len(kept_parts) == 1:
-            self.last_kept = kept_parts[0]
-        else:
-            self.last_kept = torch.cat(kept_parts) if kept_parts else torch.zeros(0, dtype=torch.int64)
+        # torch.optim refuses an optimizer without parameters: there is at least one group.
+        self.last_kept = kept_parts[0] if len(kept_parts) == 1 else torch.cat(kept_parts)
         return self.last_kept
 
     def _revision(self, p: torch.Tensor) -> torch.Tensor:

@@ -10,14 +10,14 @@ import sys
 
 from .config import TrainConfig
 from .errors import UserError
+from .report import write_json_atomic
 
 REQUEST, LOG = "request.json", "worker.log"
 
 
 def start(cfg: TrainConfig, out: str) -> subprocess.Popen:
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, REQUEST), "w") as f:
-        json.dump(cfg.to_dict(), f)
+    write_json_atomic(cfg.to_dict(), os.path.join(out, REQUEST))
     with open(os.path.join(out, LOG), "w") as log:
         # its own process group: stopping it stops what it started (data-loading threads, nothing more)
         return subprocess.Popen([sys.executable, "-m", "cure_ext.train.worker", out], stdout=log,
