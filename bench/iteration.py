@@ -2,7 +2,7 @@
 
 The trainer (cure_ext/train/) provides everything timed here; nothing of a training step is re-implemented:
 - `cure_ext.train.config.make_config(method=..., ...)` resolves the run's settings (β, preset, step sizes);
-- `cure_ext.train.loop.plan_phases(cfg)[-1]` is the method's phase (its `step` names the step function);
+- `cure_ext.train.phases.plan_phases(cfg)[-1]` is the method's phase (its `step` names the step function);
 - `cure_ext.train.loop.Trainer(cfg, out_dir, quiet=True).setup_phase(phase, resuming=False)` builds the
   model's StepSetup exactly as a training run does (CURESGD with the preset's selective flags and the
   revision model for CURE, torch.optim.SGD otherwise);
@@ -45,7 +45,8 @@ def _fake_cifar10(root: str, per_file: int = 256) -> str:
 def _trainers(tmp: str, **options):
     """One (trainer, phase, setup, names) per method, built by the trainer's own code."""
     from cure_ext.train.config import make_config
-    from cure_ext.train.loop import Trainer, plan_phases
+    from cure_ext.train.loop import Trainer
+    from cure_ext.train.phases import plan_phases
 
     out = {}
     for method in METHODS:

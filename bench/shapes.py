@@ -20,8 +20,8 @@ from typing import List, Tuple
 import torch
 from torch import nn
 
+from cure_ext.selection import selective_flags as policy_flags
 from cure_ext.train.models import MODELS as ARCH_BUILDERS
-from cure_ext.train.selection import selective_flags as policy_flags
 
 Shape = Tuple[int, ...]
 

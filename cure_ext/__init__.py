@@ -1,7 +1,7 @@
 """cure_ext: CURE (Conserve-Update-Revise) selective adversarial training with a fused C++/CUDA step.
 
-Importing it loads the op and the optimizer only; `CURE` and `load_checkpoint` import what they need
-(the attacks, losses, the trainer's checkpoint reader) when first used."""
+Importing it loads the op and the optimizer only; `CURE` loads its attacks and losses, and `load_checkpoint`
+the trainer's checkpoint reader, when first used."""
 import torch  # loads libtorch before the extension that links against it
 
 __version__ = "0.1.0"

@@ -25,11 +25,11 @@ from torch import nn
 import torch.nn.functional as F
 
 from .optim import CURESGD
-from .train.attacks import eval_mode, trades_adversary
-from .train.config import PRESETS
-from .train.distributed import SINGLE, Ranks, current
-from .train.losses import CureLoss, cure_loss
-from .train.selection import selective_flags
+from .attacks import eval_mode, trades_adversary
+from .losses import CureLoss, cure_loss
+from .presets import PRESETS
+from .ranks import SINGLE, Ranks, current
+from .selection import selective_flags
 
 
 @dataclass

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 import cure_ext
-from cure_ext.train.attacks import ce_objective, pgd
+from cure_ext.attacks import ce_objective, pgd
 
 EPS = 0.2  # digits' pixels are coarse: the main job's radius
 

@@ -15,7 +15,7 @@ from cure_ext.train import autoattack as aa
 from cure_ext.train.cli import compare_main, eval_main, train_main
 from cure_ext.train.data import batches, load_dataset
 from cure_ext.train.evaluate import evaluate
-from cure_ext.train.loop import cpu_threads
+from cure_ext.train.device import cpu_threads
 from cure_ext.train.steps import StepSetup, natural_step, pgd_at_step
 
 import pyautoattack

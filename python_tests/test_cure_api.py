@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 import cure_ext
 from cure_ext import CURESGD
-from cure_ext.train.attacks import trades_adversary
-from cure_ext.train.losses import cure_loss
+from cure_ext.attacks import trades_adversary
+from cure_ext.losses import cure_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

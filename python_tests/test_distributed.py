@@ -18,13 +18,14 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from cure_ext import CURESGD
+from cure_ext.ranks import Ranks
 from cure_ext.train import cli, distributed
 from cure_ext.train.checkpoint import model_from_checkpoint, read_checkpoint, read_last
 from cure_ext.train.config import TrainConfig
-from cure_ext.train.data import batches, load_dataset, train_batch_count
-from cure_ext.train.distributed import Ranks, state_digest
+from cure_ext.train.data import batches, load_dataset, split_data, train_batch_count
+from cure_ext.train.distributed import agreed, from_main, state_digest
+from cure_ext.train.errors import ConfigError
 from cure_ext.train.evaluate import evaluate
-from cure_ext.train.loop import split_data
 from cure_ext.train.steps import StepSetup, cure_step
 from train_runs import read_json, read_metrics, without_times
 
@@ -96,10 +97,10 @@ def test_under_torchrun_a_process_takes_the_gpu_of_its_local_rank_only(monkeypat
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert distributed.rank_device(torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(cli.ConfigError, match="--device cuda:0: under torchrun every process takes the GPU"):
+    with pytest.raises(ConfigError, match="--device cuda:0: under torchrun every process takes the GPU"):
         distributed.rank_device(torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(cli.ConfigError, match="more processes on this machine than it has GPUs"):
+    with pytest.raises(ConfigError, match="more processes on this machine than it has GPUs"):
         distributed.rank_device(torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda", 1)
@@ -210,10 +211,10 @@ def _errors_worker(rank, world, init_file, result_file):
             return rank
         return fn
 
-    for call in (lambda: ranks.agreed(fails_on({1}, DataError("no data on this node"))),
-                 lambda: ranks.agreed(fails_on({0, 1, 2}, DataError("missing file"))),
-                 lambda: ranks.from_main(fails_on({0}, cli.ConfigError("bad folder"))),
-                 lambda: ranks.agreed(fails_on(set(), None))):
+    for call in (lambda: agreed(ranks, fails_on({1}, DataError("no data on this node"))),
+                 lambda: agreed(ranks, fails_on({0, 1, 2}, DataError("missing file"))),
+                 lambda: from_main(ranks, fails_on({0}, ConfigError("bad folder"))),
+                 lambda: agreed(ranks, fails_on(set(), None))):
         try:
             seen.append(("ok", call()))
         except Exception as e:

@@ -14,10 +14,10 @@ import time
 import pytest
 import torch
 
-from cure_ext.train import cli, loop
+from cure_ext.cure import all_finite
+from cure_ext.train import cli, steps
 from cure_ext.train.checkpoint import FORMAT, read_checkpoint
 from cure_ext.train.models import build_model
-from cure_ext.train.steps import all_finite
 from train_runs import read_metrics, without_times
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,7 +265,7 @@ def test_all_finite():
 
 def inject_nan(monkeypatch, at_calls, on_call=None):
     """The CURE step gets a NaN input on the given (1-based) calls: its loss and gradients are NaN."""
-    real, calls = loop.STEPS["cure"], []
+    real, calls = steps.STEPS["cure"], []
 
     def step(setup, x, y, weight):
         calls.append(1)
@@ -275,7 +275,7 @@ def inject_nan(monkeypatch, at_calls, on_call=None):
             x = torch.full_like(x, float("nan"))
         return real(setup, x, y, weight)
 
-    monkeypatch.setitem(loop.STEPS, "cure", step)
+    monkeypatch.setitem(steps.STEPS, "cure", step)
 
 
 def test_a_nonfinite_step_stops_the_run_naming_epoch_and_step_and_keeps_last_pt(tmp_path, monkeypatch, capsys):

@@ -7,7 +7,7 @@ import torch
 
 import cure_ext
 from cure_ext import reference
-from cure_ext.train.loop import cpu_threads
+from cure_ext.train.device import cpu_threads
 from step_cases import assert_case_close, call, clone_case, make_case, new_seed
 
 SHAPES = [(0,), (1,), (7,), (64, 3, 3, 3), (33, 17), (130_001,), (2, 0, 3)]

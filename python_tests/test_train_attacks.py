@@ -6,9 +6,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from cure_ext.train.attacks import ce_objective, cw_objective, eval_mode, pgd, trades_adversary
+from cure_ext.attacks import ce_objective, cw_objective, eval_mode, pgd, trades_adversary
 from cure_ext.train.evaluate import nrr, summarize
-from cure_ext.train.losses import cw_margin_loss, kl_batchmean
+from cure_ext.losses import cw_margin_loss, kl_batchmean
 
 
 def small_model(seed=0):

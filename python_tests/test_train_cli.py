@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cure_ext import CURESGD
 from cure_ext.train import cli, compare, loop
 from cure_ext.train.checkpoint import load_checkpoint
+from cure_ext.train.device import cpu_threads
 from train_runs import read_metrics, without_times
 
 TINY = ["--pretrain-epochs", "1", "--epochs", "2", "--attack-steps", "2", "--quiet"]
@@ -122,7 +124,7 @@ def test_load_checkpoint_reproduces_the_recorded_accuracy(run_dir):
         clean = 100.0 * int((model(x).argmax(1) == y).sum()) / len(y)
     assert clean == pytest.approx(final["clean_acc"], abs=1e-9)
     eps = config["eps"]
-    with loop.cpu_threads(None, "cnn"):
+    with cpu_threads(None, "cnn"):
         robust = [100.0 * int((model(independent_pgd(model, x, y, eps, eps / 4, 20, s)).argmax(1) == y).sum())
                   / len(y) for s in range(3)]
     # Random starts differ from the trainer's; PGD-20 accuracy moves by a few examples of 360 between starts.
@@ -173,13 +175,13 @@ def test_update_blocks_trains_only_those_stages(run_dir, tmp_path):
 
 def test_cure_eff_with_the_official_preset_and_a_decaying_revision_rate(tmp_path, monkeypatch):
     rates = []
-    real_step = loop.CURESGD.step
+    real_step = CURESGD.step
 
     def recording_step(self, *args, **kwargs):
         rates.append(self.param_groups[0]["revision_rate"])
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(loop.CURESGD, "step", recording_step)
+    monkeypatch.setattr(CURESGD, "step", recording_step)
     out = str(tmp_path / "eff")
     assert cli.train_main(["--method", "cure-eff", "--preset", "official", "--epochs", "3", "--warmup-epochs", "1",
                            "--revision-schedule", "linear", "--revision-rate", "0.5", "--attack-steps", "2",

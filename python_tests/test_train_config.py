@@ -76,7 +76,7 @@ def test_config_round_trips_through_a_dict():
 def phase_lrs(cfg):
     import torch
 
-    from cure_ext.train.loop import make_scheduler, plan_phases
+    from cure_ext.train.phases import make_scheduler, plan_phases
 
     out = {}
     for phase in plan_phases(cfg):

@@ -216,7 +216,7 @@ def test_the_validation_split_of_zero_and_bad_sizes():
 
 def test_train_limit_takes_the_first_images_left_after_the_validation_split():
     from cure_ext.train.config import make_config
-    from cure_ext.train.loop import split_data
+    from cure_ext.train.data import split_data
 
     data, val = split_data(make_config(seed=3))
     limited, val_limited = split_data(make_config(seed=3, train_limit=200, test_limit=50))

@@ -4,7 +4,8 @@ import torch
 
 from cure_ext.train.errors import ConfigError
 from cure_ext.train.models import build_model
-from cure_ext.train.selection import restrict_to_stages, selective_flags
+from cure_ext.selection import selective_flags
+from cure_ext.train.stages import restrict_to_stages
 
 
 def n_params(model):

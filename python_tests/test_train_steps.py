@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from cure_ext import CURESGD
-from cure_ext.train.attacks import trades_adversary
-from cure_ext.train.loop import cpu_threads
-from cure_ext.train.losses import cure_loss
-from cure_ext.train.models import build_model
-from cure_ext.train.selection import selective_flags
 import cure_ext.cure
+from cure_ext import CURESGD
+from cure_ext.attacks import trades_adversary
+from cure_ext.losses import cure_loss
+from cure_ext.selection import selective_flags
+from cure_ext.train.device import cpu_threads
+from cure_ext.train.models import build_model
 from cure_ext.train.steps import StepSetup, cure_step, trades_step
 
 

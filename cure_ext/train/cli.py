@@ -20,15 +20,19 @@ import time
 from fractions import Fraction
 from typing import Callable, Optional, Sequence
 
+from ..presets import PRESETS
+from ..ranks import SINGLE, Ranks, current
 from . import distributed
 from .autoattack import INSTALL, provider
 from .checkpoint import load_checkpoint, read_last
 from .compare import ABLATIONS, compare_table, run_compare
-from .config import METHODS, PRESETS, SELECT_POLICIES, TrainConfig, make_config
+from .config import METHODS, SELECT_POLICIES, TrainConfig, make_config
 from .data import LOADERS, load_dataset
+from .device import cpu_threads, resolve_device
+from .distributed import agreed, from_main
 from .errors import ConfigError, UserError
 from .evaluate import evaluate
-from .loop import cpu_threads, resolve_device, train
+from .loop import train
 from .models import MODELS
 from .report import recipes_table, results_table, write_json_atomic
 
@@ -132,14 +136,14 @@ def _guard(prog: str, body: Callable[[], int], group: bool = True) -> int:
     errors."""
     try:
         with distributed.process_group(leave_together=False) if group else contextlib.nullcontext(
-                distributed.SINGLE) as ranks:
+                SINGLE) as ranks:
             return _settled(prog, body, ranks)
     except UserError as e:  # from setting up the process group
         _report(prog, e)
         return e.exit_code
 
 
-def _settled(prog: str, body: Callable[[], int], ranks: distributed.Ranks) -> int:
+def _settled(prog: str, body: Callable[[], int], ranks: Ranks) -> int:
     try:
         status, error = body(), None
     except (UserError, OSError) as e:  # OSError: the file system refused a write (disk full, read-only, ...)
@@ -232,9 +236,9 @@ def _run_folder(args: argparse.Namespace, options: dict) -> tuple[TrainConfig, s
 
 
 def _train(args: argparse.Namespace) -> int:
-    options, ranks = _config_options(args), distributed.current()
-    cfg, out = ranks.from_main(lambda: _run_folder(args, options))
-    ranks.agreed(lambda: _check_autoattack(cfg.autoattack))  # every rank runs AutoAttack on its share
+    options, ranks = _config_options(args), current()
+    cfg, out = from_main(ranks, lambda: _run_folder(args, options))
+    agreed(ranks, lambda: _check_autoattack(cfg.autoattack))  # every rank runs AutoAttack on its share
     began = time.perf_counter()
     metrics = train(cfg, out, quiet=args.quiet, resume=args.resume)
     if ranks.main:
@@ -283,11 +287,11 @@ def eval_parser() -> argparse.ArgumentParser:
 def _eval(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be >= 1")
-    ranks = distributed.current()
-    ranks.agreed(lambda: _check_autoattack(args.autoattack))
-    model, config = ranks.from_main(lambda: load_checkpoint(args.checkpoint))
-    data, device = ranks.agreed(lambda: (load_dataset(config["dataset"], args.data_dir or config.get("data_dir")),
-                                         resolve_device(args.device)))
+    ranks = current()
+    agreed(ranks, lambda: _check_autoattack(args.autoattack))
+    model, config = from_main(ranks, lambda: load_checkpoint(args.checkpoint))
+    data, device = agreed(ranks, lambda: (
+        load_dataset(config["dataset"], args.data_dir or config.get("data_dir")), resolve_device(args.device)))
     eps = args.eps if args.eps is not None else config["eps"]
     with cpu_threads(args.threads, config["model"]):
         result = evaluate(model.to(device), data, eps, device, step_size=args.step_size or eps / 4,
@@ -297,7 +301,7 @@ def _eval(args: argparse.Namespace) -> int:
     if ranks.main:
         print(results_table([(os.path.basename(args.checkpoint), result)]))
     if args.json:
-        ranks.from_main(lambda: write_json_atomic(result, args.json))
+        from_main(ranks, lambda: write_json_atomic(result, args.json))
     return 0
 
 

@@ -17,16 +17,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from ..presets import PRESETS
 from . import recipes
 from .data import DEFAULT_VAL_SIZE, LOADERS
 from .errors import ConfigError
 from .models import MODELS
 
 METHODS = ("standard", "pgd-at", "trades", "cure", "cure-eff")
-PRESETS = {  # SPEC §1: what the `paper` and `official` presets fix
-    "paper": dict(score="abs", select="paper", beta=1.0),
-    "official": dict(score="signed", select="official", beta=5.0),
-}
 SELECT_POLICIES = ("paper", "official", "all", "none")
 
 

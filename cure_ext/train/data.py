@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .distributed import SINGLE, Ranks
+from ..ranks import SINGLE, Ranks
 from .errors import ConfigError, DataError
 
 # Where Debian's `dataset-fashion-mnist` package installs the IDX files.
@@ -237,3 +237,11 @@ def batches(x: torch.Tensor, y: torch.Tensor, scale: float, batch_size: int, dev
 def train_batch_count(n: int, batch_size: int, world: int = 1) -> int:
     """How many batches `batches` yields for n examples split over `world` ranks."""
     return n // batch_size + (n % batch_size >= world)
+
+
+def split_data(cfg) -> tuple[Dataset, Dataset]:
+    """(training and test data, validation split) of a run's TrainConfig: the validation split is held out of
+    the whole training set first, so that --train-limit never changes which images it holds."""
+    # val_size None: the config of a run from before the split (resumed), which held nothing out
+    data, val = load_dataset(cfg.dataset, cfg.data_dir).held_out(cfg.val_size or 0, cfg.seed + 4)
+    return data.limited(cfg.train_limit, cfg.test_limit), val

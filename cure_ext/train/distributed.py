@@ -1,5 +1,5 @@
-"""Multi-process data-parallel training under torchrun: the ranks, the process group, and the few collectives
-the trainer needs.
+"""Multi-process data-parallel training under torchrun: the process group, and how the ranks (cure_ext.ranks)
+read files and meet errors together.
 
 One process per device, gloo on CPU and nccl on CUDA. Every rank holds the whole model and data set; each
 global batch of --batch-size (the batch of a one-process run) is cut into contiguous shards, one per rank.
@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, TypeVar
+import warnings
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch import nn
 
+from ..ranks import Ranks, current
 from .errors import ConfigError, PeerError
 
 T = TypeVar("T")
@@ -33,108 +34,6 @@ def launched_world() -> int:
 
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def shard(self, n: int) -> slice:
-        """This rank's contiguous part of n items; the parts' sizes differ by at most one."""
-        base, extra = divmod(n, self.world)
-        start = self.rank * base + min(self.rank, extra)
-        return slice(start, start + base + (self.rank < extra))
-
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks, in place."""
-        if self.distributed:
-            dist.all_reduce(tensor)
-        return tensor
-
-    def average_(self, tensors: Sequence[torch.Tensor], weight: float = 1.0) -> None:
-        """In place: the weighted mean over ranks, sum_r weight_r * t_r / world, one reduction per dtype."""
-        if not self.distributed:
-            return
-        by_dtype: dict = {}
-        for t in tensors:
-            by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = _flatten_dense_tensors(group).mul_(weight / self.world)
-            dist.all_reduce(flat)
-            for t, v in zip(group, _unflatten_dense_tensors(flat, group)):
-                t.copy_(v)
-
-    def all_true(self, flag: bool, device: torch.device) -> bool:
-        """Whether flag holds on every rank (so that every rank takes the same branch)."""
-        if not self.distributed:
-            return flag
-        t = torch.tensor([int(flag)], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item())
-
-    def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Rank 0's values into every rank's tensors."""
-        if self.distributed:
-            for t in tensors:
-                dist.broadcast(t, src=0)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def gather(self, obj: T) -> list[T]:
-        """Every rank's obj, in rank order, on every rank."""
-        if not self.distributed:
-            return [obj]
-        out = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def from_main(self, fn: Callable[[], T]) -> T:
-        """fn() run by rank 0 (reading files, checking folders), its result or its error on every rank."""
-        if not self.distributed:
-            return fn()
-        payload: list = [None]
-        if self.main:
-            try:
-                payload[0] = (True, fn())
-            except Exception as e:  # every rank raises it, instead of the others waiting for rank 0
-                payload[0] = (False, e)
-        dist.broadcast_object_list(payload, src=0)
-        ok, value = payload[0]
-        if not ok:
-            raise shared(value)
-        return value
-
-    def agreed(self, fn: Callable[[], T]) -> T:
-        """fn() on every rank (a set-up step that may fail on some ranks only, such as finding the data or a
-        GPU); if it fails anywhere, it fails everywhere, instead of the other ranks waiting in a collective."""
-        if not self.distributed:
-            return fn()
-        try:
-            result, error = fn(), None
-        except Exception as e:
-            result, error = None, e
-        failures = self.gather(None if error is None else f"{type(error).__name__}: {error}")
-        failed = [r for r, f in enumerate(failures) if f is not None]
-        if error is not None:  # the same on every rank: rank 0 reports it; else each failed rank its own
-            error.shared, error.together = len(set(failures)) == 1, True
-            raise error
-        if failed:
-            raise shared(PeerError(f"rank {failed[0]} of {self.world} failed ({failures[failed[0]]})"))
-        return result
-
-
-SINGLE = Ranks()
 
 
 # Two marks on an error under torchrun: `shared`, every rank met it alike, so rank 0 alone reports it (errors.py
@@ -151,6 +50,42 @@ def together(error: BaseException) -> bool:
     return getattr(error, "together", getattr(error, "shared", False))
 
 
+def from_main(ranks: Ranks, fn: Callable[[], T]) -> T:
+    """fn() run by rank 0 (reading files, checking folders), its result or its error on every rank."""
+    if not ranks.distributed:
+        return fn()
+    payload: list = [None]
+    if ranks.main:
+        try:
+            payload[0] = (True, fn())
+        except Exception as e:  # every rank raises it, instead of the others waiting for rank 0
+            payload[0] = (False, e)
+    dist.broadcast_object_list(payload, src=0)
+    ok, value = payload[0]
+    if not ok:
+        raise shared(value)
+    return value
+
+
+def agreed(ranks: Ranks, fn: Callable[[], T]) -> T:
+    """fn() on every rank (a set-up step that may fail on some ranks only, such as finding the data or a
+    GPU); if it fails anywhere, it fails everywhere, instead of the other ranks waiting in a collective."""
+    if not ranks.distributed:
+        return fn()
+    try:
+        result, error = fn(), None
+    except Exception as e:
+        result, error = None, e
+    failures = ranks.gather(None if error is None else f"{type(error).__name__}: {error}")
+    failed = [r for r, f in enumerate(failures) if f is not None]
+    if error is not None:  # the same on every rank: rank 0 reports it; else each failed rank its own
+        error.shared, error.together = len(set(failures)) == 1, True
+        raise error
+    if failed:
+        raise shared(PeerError(f"rank {failed[0]} of {ranks.world} failed ({failures[failed[0]]})"))
+    return result
+
+
 def is_rank0() -> bool:
     """Rank 0 of a torchrun job, or a process that torchrun did not start."""
     return launched_world() == 1 or os.environ.get("RANK") == "0"
@@ -160,13 +95,6 @@ def reports(error: BaseException) -> bool:
     """Whether this process should print the error: rank 0 prints the errors every rank met alike, and each
     rank its own."""
     return is_rank0() or not getattr(error, "shared", False)
-
-
-def current() -> Ranks:
-    """The ranks of the process group in use, or SINGLE outside one."""
-    if dist.is_available() and dist.is_initialized():
-        return Ranks(dist.get_rank(), dist.get_world_size())
-    return SINGLE
 
 
 def rank_device(device: torch.device) -> torch.device:
@@ -204,6 +132,19 @@ def process_group(leave_together: bool = True) -> Iterator[Ranks]:
             dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def forward_module(model: nn.Module, device: torch.device, ranks: Ranks) -> nn.Module:
+    """The module of the training forwards: the model, or under torchrun a new DDP wrapper of it. New every
+    epoch: DDP re-buckets the gradients after a wrapper's first step, and with three ranks or more the
+    buckets decide the order of the sums; a resumed run, which starts at an epoch with a new wrapper,
+    then sums every step as the uninterrupted run did."""
+    if not ranks.distributed:
+        return model
+    # 1x1 convolutions' weight gradients differ from their bucket only in the strides of size-1 dims (the
+    # same memory order), which DDP flags once per process; the copy into the bucket is made either way.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def state_digest(state) -> str:

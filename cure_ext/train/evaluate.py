@@ -13,10 +13,10 @@ from typing import Callable, ContextManager, Optional, Sequence
 import torch
 from torch import nn
 
-from .attacks import ce_objective, cw_objective, eval_mode, pgd, random_start
+from ..attacks import ce_objective, cw_objective, eval_mode, pgd, random_start
+from ..ranks import SINGLE, Ranks
 from .autoattack import run_autoattack
 from .data import Dataset, batches
-from .distributed import SINGLE, Ranks
 
 ATTACKS = {"pgd20": ce_objective, "cw": cw_objective}
 ATTACK_LABELS = {"pgd20": "PGD-20", "cw": "CW∞-20", "aa": "AutoAttack"}

@@ -1,8 +1,4 @@
-"""A training run: its phases, the epoch loop, per-epoch evaluation, checkpoints and outputs.
-
-Phases: natural pre-training (skipped with --init-checkpoint), then the method's phase ("train"); CURE_Eff
-instead runs a natural warm-up and CURE inside its --epochs. Every phase gets a fresh optimizer and lr
-schedule; the revision model is a copy of the weights entering a CURE phase.
+"""A training run: the epoch loop over its phases (phases.py), per-epoch evaluation, checkpoints and outputs.
 
 Best checkpoint: the epoch of the method's phase with the highest PGD-20 accuracy on the validation split,
 --val-size training images held out before training (stratified, drawn from a generator seeded seed + 4, so
@@ -11,18 +7,13 @@ rest). The test set never chooses anything: each evaluated epoch records its cle
 the first --eval-limit test images only to show the course of training, and the final evaluation reports
 the last and the best model on the whole test set. With --val-size 0 the last epoch is the best.
 
-Random streams, all seeded from --seed and saved in last.pt: the data generator (order, augmentation), the
-attack generator (random starts of the training attacks), CURESGD's own generator (revision draws), and a
-fresh generator per evaluation (so evaluating never shifts the training streams). The global torch, numpy and
-Python generators are seeded too and saved in last.pt, so that no library drawing from them can make a
-resumed run differ from an uninterrupted one.
+Random streams: see random_streams.py.
 
 A step with a non-finite loss or gradient makes no update; the run then stops with DivergedError (exit 3)
 before writing anything for that epoch, or, with --skip-nonfinite, counts the step and goes on.
 
 Under torchrun (see distributed.py) every rank runs this loop on its shard of each batch; rank 0 alone
-writes files and prints. Each rank draws its attack starts from its own stream, which last.pt keeps for
-every rank. DDP broadcasts rank 0's BN buffers before each training forward, but the last forward of an
+writes files and prints. DDP broadcasts rank 0's BN buffers before each training forward, but the last forward of an
 epoch moves each rank's own: they are broadcast once more after each epoch, so that every rank evaluates,
 checkpoints and resumes the same model.
 """
@@ -35,126 +26,47 @@ import math
 import os
 import random
 import time
-import warnings
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import CURESGD
+from ..optim import CURESGD
+from ..ranks import current
+from ..selection import selective_flags
 from . import distributed, plots
 from .checkpoint import (FORMAT, load_state, model_from_checkpoint, model_spec, read_checkpoint, read_init_weights,
                          read_last, save_atomic)
 from .config import TrainConfig
-from .data import batches, load_dataset, train_batch_count
+from .data import batches, split_data, train_batch_count
+from .device import cpu_threads, resolve_device
+from .distributed import agreed, from_main
 from .errors import CheckpointError, ConfigError, DivergedError
 from .evaluate import evaluate
 from .models import build_model
-from .report import write_csv, write_json_atomic
-from .selection import restrict_to_stages, selective_flags
+from .phases import Phase, make_scheduler, plan_phases
+from .random_streams import ATTACK_SEED_STRIDE, global_rng_state, set_global_rng_state
+from .report import epoch_line, write_csv, write_json_atomic
+from .stages import restrict_to_stages
 from .steps import STEPS, StepSetup
-
-@dataclass
-class Phase:
-    name: str  # pretrain | warmup | train
-    step: str  # key of steps.STEPS
-    epochs: int
-    lr: float
-    span: int  # epochs the lr schedule spans: the phase's own, or CURE_Eff's whole budget
-    offset: int = 0  # where the phase starts inside that span
-
-
-def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    method_step = {"standard": "natural", "pgd-at": "pgd-at", "trades": "trades", "cure": "cure", "cure-eff": "cure"}
-    if cfg.method == "cure-eff":  # one schedule over warm-up and CURE, as one run of train_warmup.py
-        return [Phase("warmup", "natural", cfg.warmup_epochs, cfg.pretrain_lr, cfg.epochs),
-                Phase("train", "cure", cfg.epochs - cfg.warmup_epochs, cfg.lr, cfg.epochs, cfg.warmup_epochs)]
-    pre = [] if cfg.init_checkpoint else [Phase("pretrain", "natural", cfg.pretrain_epochs, cfg.pretrain_lr,
-                                                cfg.pretrain_epochs)]
-    return pre + [Phase("train", method_step[cfg.method], cfg.epochs, cfg.lr, cfg.epochs)]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: this PyTorch sees no CUDA device")
-    return distributed.rank_device(torch.device(name))
-
-
-# A rank's attack stream is seeded seed + 1 + rank * ATTACK_SEED_STRIDE: rank 0's is the one-process stream,
-# and no rank's seed meets another generator's (seed + 2, seed + 3, seed + 4) for any seed.
-ATTACK_SEED_STRIDE = 1_000_003
-
-
-@contextlib.contextmanager
-def cpu_threads(threads: Optional[int], model_name: str):
-    """Intra-op CPU threads for the run, restored afterwards. The small cnn runs on one thread: its ops are
-    too small to split, and on shared cores spinning worker threads slow it down by 10x or more."""
-    previous = torch.get_num_threads()
-    wanted = threads or (1 if model_name == "cnn" else previous)
-    torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class LrFactor:
-    """The lr multiplier at a phase's epoch e, i.e. at epoch offset + e of the schedule's span. A plain
-    object (not a lambda) so that LambdaLR's state dict holds it and checkpoints stay loadable."""
-
-    def __init__(self, schedule: str, span: int, offset: int, milestones, gamma: float):
-        self.schedule, self.span, self.offset, self.gamma = schedule, max(1, span), offset, gamma
-        self.milestones = sorted({max(1, round(f * span)) for f in milestones})  # fractions -> epochs
-
-    def __call__(self, epoch: int) -> float:
-        t = self.offset + epoch
-        if self.schedule == "multistep":
-            return self.gamma ** sum(t >= m for m in self.milestones)
-        if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t / self.span))
-        return 1.0
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, phase: Phase):
-    """Per-epoch lr schedule; multistep milestones are fractions of the span (100 and 150 of 200 epochs)."""
-    factor = LrFactor(cfg.lr_schedule, phase.span, phase.offset, cfg.lr_milestones, cfg.lr_gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def global_rng_state() -> dict:
-    """The global torch, numpy and Python generators, in types that torch.load(weights_only=True) reads."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                      has_gauss, gauss], "python": random.getstate()}
-
-
-def set_global_rng_state(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"])
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = rng["python"]
-    random.setstate((version, tuple(internal), gauss_next))
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str, quiet: bool = False):
         self.cfg, self.out = cfg, out_dir
-        self.ranks = distributed.current()
+        self.ranks = current()
         if cfg.batch_size < self.ranks.world:
             raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the number of processes "
                               f"({self.ranks.world}): every rank needs an example")
         self.quiet = quiet or not self.ranks.main
-        self.device, (self.data, self.val) = self.ranks.agreed(lambda: (resolve_device(cfg.device), split_data(cfg)))
+        self.device, (self.data, self.val) = agreed(self.ranks, lambda: (resolve_device(cfg.device), split_data(cfg)))
         self.autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16
                          else contextlib.nullcontext)
         self.spec = model_spec(cfg.model, self.data.num_classes, self.data.in_channels)
         self.model = build_model(cfg.model, self.data.num_classes, self.data.in_channels, cfg.seed)
         if cfg.init_checkpoint:
-            load_state(self.model, self.ranks.from_main(lambda: read_init_weights(cfg.init_checkpoint)),
+            load_state(self.model, from_main(self.ranks, lambda: read_init_weights(cfg.init_checkpoint)),
                        cfg.init_checkpoint)
         self.model.to(self.device)
         self.phases = plan_phases(cfg)
@@ -178,7 +90,7 @@ class Trainer:
         """Continue from last.pt: model, records and random streams now; optimizer, scheduler and revision
         model when their phase is set up."""
         path = self.path("last.pt")
-        ckpt = self.ranks.from_main(lambda: read_last(path))
+        ckpt = from_main(self.ranks, lambda: read_last(path))
         if ckpt.get("model_spec") != self.spec:
             raise CheckpointError(f"{path} holds a {ckpt.get('model_spec')} model, the run needs {self.spec}")
         if ckpt.get("world_size", 1) != self.ranks.world:  # each rank continues its own attack stream
@@ -233,19 +145,6 @@ class Trainer:
                 raise CheckpointError(f"{self.path('last.pt')}: optimizer state does not fit ({e})") from None
         return setup, scheduler, names
 
-    def _forward_module(self) -> torch.nn.Module:
-        """The module of the training forwards: the model, or under torchrun a new DDP wrapper of it. New every
-        epoch: DDP re-buckets the gradients after a wrapper's first step, and with three ranks or more the
-        buckets decide the order of the sums; a resumed run, which starts at an epoch with a new wrapper,
-        then sums every step as the uninterrupted run did."""
-        if not self.ranks.distributed:
-            return self.model
-        # 1x1 convolutions' weight gradients differ from their bucket only in the strides of size-1 dims (the
-        # same memory order), which DDP flags once per process; the copy into the bucket is made either way.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        return torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-
     def _sync_buffers(self) -> None:
         """Rank 0's BN buffers (of the revision model too) on every rank."""
         self.ranks.broadcast_([b for m in (self.model, self.revision_model) if m is not None for b in m.buffers()])
@@ -255,7 +154,7 @@ class Trainer:
         cfg, step_fn, world = self.cfg, STEPS[phase.step], self.ranks.world
         n = len(self.data.train_x)
         steps = train_batch_count(n, cfg.batch_size, world)
-        setup.forward = self._forward_module()
+        setup.forward = distributed.forward_module(self.model, self.device, self.ranks)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         kept_sum, seen, skipped = None, 0, 0
@@ -335,12 +234,12 @@ class Trainer:
         self.best = {"epoch": record["epoch"], "val_pgd20_acc": record.get("val_pgd20_acc")}
         ckpt = {"format": FORMAT, "config": self.cfg.to_dict(), "model_spec": self.spec,
                 "model": self.model.state_dict(), "record": record}
-        self.ranks.from_main(lambda: save_atomic(ckpt, self.path("best.pt")))  # a failed write stops every rank
+        from_main(self.ranks, lambda: save_atomic(ckpt, self.path("best.pt")))  # a failed write stops every rank
 
     # ---- the run ------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg = self.cfg
-        self.ranks.from_main(lambda: os.makedirs(self.out, exist_ok=True))
+        from_main(self.ranks, lambda: os.makedirs(self.out, exist_ok=True))
         start_phase, start_epoch = self.position
         for index, phase in enumerate(self.phases):
             first = start_epoch if index == start_phase else 0
@@ -371,9 +270,10 @@ class Trainer:
                         self.best is None or record["val_pgd20_acc"] > self.best["val_pgd20_acc"]):
                     self._save_best(record)
                 ckpt = self._checkpoint(setup, scheduler, (index, phase_epoch + 1))
-                self.ranks.from_main(lambda: (save_atomic(ckpt, self.path("last.pt")),
+                from_main(self.ranks, lambda: (save_atomic(ckpt, self.path("last.pt")),
                                               write_csv(self.records, self.path("log.csv"))))
-                self._log_epoch(label, record)
+                if not self.quiet:
+                    tqdm.write(epoch_line(label, record))
         return self._finish()
 
     def _rank_digests(self, setup: StepSetup, epoch: int) -> list:
@@ -389,19 +289,6 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
                 "revision_model": self.revision_model.state_dict() if self.revision_model is not None else None}
 
-    def _log_epoch(self, label: str, r: dict) -> None:
-        if self.quiet:
-            return
-        parts = [f"epoch {r['epoch']:3d} [{label}] loss {r['loss']:.3f} train {r['train_acc']:.1f}%"]
-        if "val_pgd20_acc" in r:
-            parts.append(f"val clean {r['val_clean_acc']:.1f}% PGD-20 {r['val_pgd20_acc']:.1f}%")
-        if "clean_acc" in r:
-            parts.append(f"test clean {r['clean_acc']:.1f}% PGD-20 {r['pgd20_acc']:.1f}%")
-        if "update_fraction" in r:
-            parts.append(f"updated {100 * r['update_fraction']:.1f}%")
-        parts.append(f"{r['time_s']:.1f}s")
-        tqdm.write(" | ".join(parts))
-
     def _finish(self) -> dict:
         began = time.perf_counter()
         last_epoch = len(self.records)
@@ -413,14 +300,14 @@ class Trainer:
             best = dict(final)
         else:
             path = self.path("best.pt")
-            model = model_from_checkpoint(self.ranks.from_main(lambda: read_checkpoint(path)), path)
+            model = model_from_checkpoint(from_main(self.ranks, lambda: read_checkpoint(path)), path)
             best = {**self._evaluate(model.to(self.device), final=True), "epoch": self.best["epoch"]}
         wall = sum(r["time_s"] for r in self.records) + time.perf_counter() - began
         metrics = {"config": self.cfg.to_dict(), "final": final, "best": best, "best_selected_on": selected_on,
                    "epochs": self.records,
                    "skipped_steps": sum(r.get("skipped_steps", 0) for r in self.records), "wall_time_s": wall,
                    "device": str(self.device), "torch": torch.__version__, "world_size": self.ranks.world}
-        self.ranks.from_main(lambda: self._write_outputs(metrics))
+        from_main(self.ranks, lambda: self._write_outputs(metrics))
         return metrics
 
     def _write_outputs(self, metrics: dict) -> None:
@@ -429,14 +316,6 @@ class Trainer:
         if self.records:
             plots.plot_accuracy(self.records, self.path("accuracy.png"))
             plots.plot_update_fraction(self.records, self.path("update_fraction.png"))
-
-
-def split_data(cfg: TrainConfig):
-    """(training and test data, validation split) of the run: the validation split is held out of the whole
-    training set first, so that --train-limit never changes which images it holds."""
-    # val_size None: the config of a run from before the split (resumed), which held nothing out
-    data, val = load_dataset(cfg.dataset, cfg.data_dir).held_out(cfg.val_size or 0, cfg.seed + 4)
-    return data.limited(cfg.train_limit, cfg.test_limit), val
 
 
 def train(cfg: TrainConfig, out_dir: str, quiet: bool = False, resume: bool = False) -> dict:

@@ -87,3 +87,16 @@ def recipes_table() -> str:
                      f"{c.gamma:g} | {c.beta:g} | {eps} | PGD-{c.attack_steps}, step {step} | {c.lr:g}, {schedule} | "
                      f"{epochs} | {nums} | {r.published.get('source', 'ours (not in the paper)')} |")
     return "\n".join(lines)
+
+
+def epoch_line(label: str, r: dict) -> str:
+    """The line printed after an epoch of a run: its record in short."""
+    parts = [f"epoch {r['epoch']:3d} [{label}] loss {r['loss']:.3f} train {r['train_acc']:.1f}%"]
+    if "val_pgd20_acc" in r:
+        parts.append(f"val clean {r['val_clean_acc']:.1f}% PGD-20 {r['val_pgd20_acc']:.1f}%")
+    if "clean_acc" in r:
+        parts.append(f"test clean {r['clean_acc']:.1f}% PGD-20 {r['pgd20_acc']:.1f}%")
+    if "update_fraction" in r:
+        parts.append(f"updated {100 * r['update_fraction']:.1f}%")
+    parts.append(f"{r['time_s']:.1f}s")
+    return " | ".join(parts)

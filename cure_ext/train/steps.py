@@ -20,9 +20,9 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..cure import StepResult, all_finite, backward, cure_forward, cure_update, finite_everywhere  # noqa: F401
-from .attacks import ce_objective, pgd
-from .distributed import SINGLE, Ranks
+from ..attacks import ce_objective, pgd
+from ..cure import StepResult, backward, cure_forward, cure_update, finite_everywhere
+from ..ranks import SINGLE, Ranks
 
 
 @dataclass
