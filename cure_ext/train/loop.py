@@ -7,15 +7,15 @@ rest). The test set never chooses anything: each evaluated epoch records its cle
 the first --eval-limit test images only to show the course of training, and the final evaluation reports
 the last and the best model on the whole test set. With --val-size 0 the last epoch is the best.
 
-Random streams: see random_streams.py.
+The run's random streams, and what last.pt keeps of them: random_streams.py.
 
 A step with a non-finite loss or gradient makes no update; the run then stops with DivergedError (exit 3)
 before writing anything for that epoch, or, with --skip-nonfinite, counts the step and goes on.
 
 Under torchrun (see distributed.py) every rank runs this loop on its shard of each batch; rank 0 alone
-writes files and prints. DDP broadcasts rank 0's BN buffers before each training forward, but the last forward of an
-epoch moves each rank's own: they are broadcast once more after each epoch, so that every rank evaluates,
-checkpoints and resumes the same model.
+writes files and prints. DDP broadcasts rank 0's BN buffers before each training forward, but the last
+forward of an epoch moves each rank's own: they are broadcast once more after each epoch, so that every rank
+evaluates, checkpoints and resumes the same model.
 """
 from __future__ import annotations
 
