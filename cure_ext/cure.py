@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional, Sequence, Union
@@ -29,6 +30,7 @@ from .attacks import eval_mode, trades_adversary
 from .losses import CureLoss, cure_loss
 from .presets import PRESETS
 from .ranks import SINGLE, Ranks, current
+from .rng import OwnStream, cuda_indices
 from .selection import selective_flags
 
 
@@ -126,6 +128,11 @@ def _check_range(name: str, value, low: float, high: float = math.inf) -> None:
         raise ValueError(f"CURE: {name} must be a number {bounds}, got {value!r}")
 
 
+def _plain(name: str) -> str:
+    """A parameter, buffer or module name without the `_orig_mod.` parts torch.compile's wrapper adds."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
 def _find_head(model: nn.Module, head) -> set:
     """The ids of the head's parameters: the last nn.Linear, a named module, or a list of parameters."""
     if head is None:
@@ -135,11 +142,14 @@ def _find_head(model: nn.Module, head) -> set:
                              "the classifier module, or a list of its parameters), or selective=")
         module = linears[-1]
     elif isinstance(head, str):
-        try:
-            module = model.get_submodule(head)
-        except AttributeError:
-            names = ", ".join(n for n, _ in model.named_modules() if n) or "none"
-            raise ValueError(f"CURE: head={head!r} names no module of the model (its modules: {names})") from None
+        modules = {_plain(n): m for n, m in model.named_modules() if _plain(n)}
+        module = modules.get(_plain(head))
+        if module is None:
+            close = difflib.get_close_matches(head, list(modules), n=5, cutoff=0.5)
+            top = [n for n in modules if "." not in n]
+            hint = (f"the closest: {', '.join(close)}" if close else
+                    f"its top-level modules: {', '.join(top[:8])}{', ...' if len(top) > 8 else ''}")
+            raise ValueError(f"CURE: head={head!r} names no module of the model ({hint})")
     else:
         try:
             params = list(head)
@@ -172,9 +182,10 @@ class CURE:
     beta: default the preset's. seed: the attack generator's seed (the optimizer's revision draws use seed + 1).
 
     Under torch.autocast the forwards (attack and training) run in the autocast dtype and the backward passes
-    and the step in full precision, as the trainer's --bf16 does. `state_dict()` holds the optimizer (momentum,
-    revision tensors, revision draws' generator, step count), the revision model and the attack generator;
-    save the model's own state beside it.
+    and the step in full precision, as the trainer's --bf16 does. The forwards draw their randomness (Dropout)
+    from CURE's own stream, seeded seed + 2 (see rng.OwnStream): torch's global generators are left as they
+    were. `state_dict()` holds the optimizer (momentum, revision tensors, revision draws' generator, step
+    count), the revision model, the attack generator and that stream; save the model's own state beside it.
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -196,11 +207,18 @@ class CURE:
             _check_range(name, value, low, high)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"CURE: steps must be an int >= 0, got {steps!r}")
+        if eps >= 1:  # the ball would hold every input: eps on the 0-255 scale, most likely
+            raise ValueError(f"CURE: eps={eps!r} is at or above the input range [0, 1] (inputs are in [0, 1]); "
+                             f"for {eps!r}/255 pass eps={eps!r}/255 (= {eps / 255:.6g})")
         ddp = isinstance(model, nn.parallel.DistributedDataParallel)
         inner = model.module if ddp else model
         named = [(n, p) for n, p in inner.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("CURE: model has no trainable parameters")
+        tensors = [t for _, t in named] + list(inner.buffers())
+        if any(t.is_meta for t in tensors):
+            raise ValueError("CURE: the model's parameters are on the meta device (they hold no values): "
+                             "materialise them first (model.to_empty(device=...), then load its weights)")
         names, params = [n for n, _ in named], [p for _, p in named]
         flags = self._selective(inner, names, params, preset, head, selective)
         # Everything is checked: now build.
@@ -213,6 +231,8 @@ class CURE:
                             revision_params=[rev_params[n] for n in names], seed=seed + 1)
         ranks = current() if ddp else SINGLE
         generator = torch.Generator(params[0].device).manual_seed(seed)
+        self._devices = {t.device for t in tensors}
+        self._stream = OwnStream(seed + 2, self._devices)
         self.names = names
         self._parts = StepParts(inner, model, optimizer, params, flags, revision_model, generator, eps, step_size,
                                 steps, beta, gamma, "kl" if preset == "official" else "ce", ranks=ranks)
@@ -245,9 +265,15 @@ class CURE:
         """One CURE step on the batch (x in [0, 1], y class indices). out.loss: the loss (detached);
         out.kept: entries updated per parameter tensor; out.finite False: the loss or a gradient was not
         finite and nothing was updated."""
+        devices = [*self._devices, x.device] if isinstance(x, torch.Tensor) else list(self._devices)
         if not self._checked:
-            self._check_batch(x, y)
+            with torch.random.fork_rng(devices=cuda_indices(devices)):  # the check's draws are discarded
+                self._check_batch(x, y)
             self._checked = True
+        with self._stream.active(devices):
+            return self._update(x, y)
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         parts, device = self._parts, x.device.type
         if not torch.is_autocast_enabled(device):
             return cure_update(parts, x, y)
@@ -261,38 +287,94 @@ class CURE:
             torch.clear_autocast_cache()
 
     def _check_batch(self, x, y) -> None:
+        """The first batch, and the model's outputs on it in eval mode (the attack's) and in train mode (the
+        training forwards'), checked without changing anything: the train-mode forward runs on copies of
+        the buffers, so no BatchNorm statistics move."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
             raise ValueError("CURE.step: x must be a floating-point batch of inputs [batch, ...]")
         if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.int64 \
                 or len(y) != len(x):
             raise ValueError(f"CURE.step: y must hold one int64 class index per input ({len(x)}), "
                              f"got {getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+        device = self._parts.params[0].device
+        if x.is_meta or y.is_meta:
+            raise ValueError("CURE.step: x and y must hold values, got tensors on the meta device")
+        if x.device != device or y.device != device:
+            raise ValueError(f"CURE.step: x and y must be on the model's device ({device}), "
+                             f"got x on {x.device}, y on {y.device}")
         low, high = float(x.min()), float(x.max())
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"CURE.step: x must hold inputs in [0, 1] (the attack clips to that range), "
                              f"got values in [{low:.4g}, {high:.4g}]")
-        with eval_mode(self.model), torch.no_grad():  # eval mode: no BN statistics updated
-            out = self.model(x)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x) or out.shape[1] < 2 \
-                or not out.is_floating_point():
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"CURE: model must return class logits [batch, classes >= 2], got {shape}")
+        model = self.model
+        with eval_mode(model), torch.no_grad():
+            out = model(x)
+        wrong = _not_logits(out, len(x))
+        if wrong:
+            raise ValueError(f"CURE: model must return class logits [batch, classes >= 2], got {wrong}")
+        was_training = model.training
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        try:
+            model.train()
+            with torch.no_grad():
+                trained = torch.func.functional_call(model, buffers, (x,))
+        finally:
+            model.train(was_training)
+        wrong = _not_logits(trained, len(x))
+        if wrong or trained.shape != out.shape:
+            raise ValueError(f"CURE: model must return class logits {tuple(out.shape)} in train mode too (as in "
+                             f"eval mode), got {wrong or tuple(trained.shape)}: build a model with auxiliary "
+                             "outputs without them (GoogLeNet, Inception: aux_logits=False) or wrap it to "
+                             "return the logits alone")
         if int(y.min()) < 0 or int(y.max()) >= out.shape[1]:
             raise ValueError(f"CURE.step: y must hold class indices in [0, {out.shape[1]}), "
                              f"got values in [{int(y.min())}, {int(y.max())}]")
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "revision_model": self.revision_model.state_dict(),
-                "attack_generator": self.generator.get_state()}
+                "attack_generator": self.generator.get_state(), "forward_rng": self._stream.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        missing = [k for k in ("optimizer", "revision_model", "attack_generator") if k not in state_dict]
+        """Checks the whole state, then loads it. The revision model's entries are matched by name without
+        torch.compile's `_orig_mod.` parts: the state of a compiled model loads into a CURE of the same
+        model uncompiled, and the other way round."""
+        missing = [k for k in ("optimizer", "revision_model", "attack_generator", "forward_rng")
+                   if k not in state_dict]
         if missing:
             raise ValueError(f"CURE.load_state_dict: state_dict lacks {', '.join(missing)}")
-        own = self.revision_model.state_dict()
-        given = state_dict["revision_model"]
-        if set(given) != set(own) or any(given[k].shape != v.shape for k, v in own.items()):
-            raise ValueError("CURE.load_state_dict: the revision model's state does not fit this model")
+        given = self._fit_revision_state(state_dict["revision_model"])
+        try:
+            torch.Generator(self.generator.device).set_state(state_dict["attack_generator"])
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"CURE.load_state_dict: attack_generator is not a generator state "
+                             f"({str(e).splitlines()[0][:200]})") from None
+        self._stream.check(state_dict["forward_rng"], "CURE.load_state_dict")
         self.optimizer.load_state_dict(state_dict["optimizer"])  # checks before it writes
         self.revision_model.load_state_dict(given)
         self.generator.set_state(state_dict["attack_generator"])
+        self._stream.load_state_dict(state_dict["forward_rng"])
+
+    def _fit_revision_state(self, given: dict) -> dict:
+        """The saved revision model's state under this revision model's names, or a ValueError saying why
+        it does not fit."""
+        own = self.revision_model.state_dict()
+        by_plain = {_plain(k): k for k in own}
+        saved = {_plain(k): v for k, v in given.items()} if isinstance(given, dict) else {}
+        lacking, extra = sorted(set(by_plain) - set(saved)), sorted(set(saved) - set(by_plain))
+        shapes = [k for k in set(by_plain) & set(saved)
+                  if getattr(saved[k], "shape", None) != own[by_plain[k]].shape]
+        if lacking or extra or shapes:
+            why = "; ".join(f"{what} {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}"
+                            for what, names in (("it lacks", lacking), ("it has unexpected", extra),
+                                                ("other shapes for", sorted(shapes))) if names)
+            raise ValueError(f"CURE.load_state_dict: the revision model's state does not fit this model ({why}; "
+                             "names compared without torch.compile's _orig_mod. prefix)")
+        return {by_plain[k]: v for k, v in saved.items()}
+
+
+def _not_logits(out, n: int) -> Optional[str]:
+    """None when `out` is class logits of n inputs; otherwise what it is, for the error."""
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == n and out.shape[1] >= 2 \
+            and out.is_floating_point():
+        return None
+    return str(tuple(out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__

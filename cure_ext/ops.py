@@ -16,22 +16,22 @@ CONSERVES = ("grad", "freeze")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _check_tensor(t, name: str, i: int, ref: Optional[torch.Tensor]) -> None:
+def _check_tensor(t, name: str, i: int, ref: Optional[torch.Tensor], who: str = "selective_step") -> None:
     where = f"{name}[{i}]"
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"selective_step: {where} must be a torch.Tensor, got {type(t).__name__}")
+        raise TypeError(f"{who}: {where} must be a torch.Tensor, got {type(t).__name__}")
     if t.layout != torch.strided:
-        raise TypeError(f"selective_step: {where} must be a dense (strided) tensor, got layout {t.layout}")
+        raise TypeError(f"{who}: {where} must be a dense (strided) tensor, got layout {t.layout}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"selective_step: {where} has dtype {t.dtype}; supported: float32, float64, float16, bfloat16")
+        raise TypeError(f"{who}: {where} has dtype {t.dtype}; supported: float32, float64, float16, bfloat16")
     if ref is None:
         return
     if t.shape != ref.shape:
-        raise ValueError(f"selective_step: {where} has shape {tuple(t.shape)}, params[{i}] has {tuple(ref.shape)}")
+        raise ValueError(f"{who}: {where} has shape {tuple(t.shape)}, params[{i}] has {tuple(ref.shape)}")
     if t.dtype != ref.dtype:
-        raise ValueError(f"selective_step: {where} has dtype {t.dtype}, params[{i}] has {ref.dtype}")
+        raise ValueError(f"{who}: {where} has dtype {t.dtype}, params[{i}] has {ref.dtype}")
     if t.device != ref.device:
-        raise ValueError(f"selective_step: {where} is on {t.device}, params[{i}] is on {ref.device}")
+        raise ValueError(f"{who}: {where} is on {t.device}, params[{i}] is on {ref.device}")
 
 
 def _check_list(values, name: str, n: Optional[int] = None) -> list:
@@ -44,13 +44,36 @@ def _check_list(values, name: str, n: Optional[int] = None) -> list:
     return values
 
 
-def _check_float(value, name: str, low: Optional[float] = None, high: Optional[float] = None) -> float:
+def check_float(value, name: str, low: Optional[float] = None, high: Optional[float] = None,
+                 who: str = "selective_step") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"selective_step: {name} must be a float, got {type(value).__name__}")
+        raise TypeError(f"{who}: {name} must be a float, got {type(value).__name__}")
     if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else (f">= {low}" if low is not None else "finite")
-        raise ValueError(f"selective_step: {name} must be {bounds}, got {value}")
+        bounds = f"in [{low}, {high}]" if high is not None else (f">= {low}" if low is not None else "finite")
+        raise ValueError(f"{who}: {name} must be {bounds}, got {value}")
     return float(value)
+
+
+def check_options(who: str, *, lr, momentum, dampening, weight_decay, nesterov, percentile, alpha, score, conserve,
+                  revision_decay) -> dict:
+    """The step's scalar options (SPEC §2), normalised to floats; errors start with `who` (the op, or
+    CURESGD checking them at construction)."""
+    options = dict(lr=check_float(lr, "lr", 0.0, who=who),
+                   momentum=check_float(momentum, "momentum", 0.0, who=who),
+                   dampening=check_float(dampening, "dampening", who=who),
+                   weight_decay=check_float(weight_decay, "weight_decay", 0.0, who=who),
+                   percentile=check_float(percentile, "percentile", 0.0, 1.0, who=who),
+                   alpha=check_float(alpha, "alpha", 0.0, 1.0, who=who),
+                   revision_decay=check_float(revision_decay, "revision_decay", 0.0, 1.0, who=who))
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"{who}: nesterov must be a bool")
+    if nesterov and (options["momentum"] <= 0.0 or options["dampening"] != 0.0):
+        raise ValueError(f"{who}: nesterov requires momentum > 0 and dampening == 0")
+    if score not in SCORES:
+        raise ValueError(f"{who}: score must be one of {SCORES}, got {score!r}")
+    if conserve not in CONSERVES:
+        raise ValueError(f"{who}: conserve must be one of {CONSERVES}, got {conserve!r}")
+    return dict(options, nesterov=nesterov, score=score, conserve=conserve)
 
 
 def check_arguments(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, *, lr, momentum,
@@ -70,26 +93,14 @@ def check_arguments(params, grads, nat_grads, adv_grads, momentum_buffers, revis
         i, flag = next((i, f) for i, f in enumerate(selective) if type(f) is not bool)
         raise TypeError(f"selective_step: selective[{i}] must be a bool, got {type(flag).__name__}")
 
-    lr = _check_float(lr, "lr", 0.0)
-    momentum = _check_float(momentum, "momentum", 0.0)
-    dampening = _check_float(dampening, "dampening")
-    weight_decay = _check_float(weight_decay, "weight_decay", 0.0)
-    percentile = _check_float(percentile, "percentile", 0.0, 1.0)
-    alpha = _check_float(alpha, "alpha", 0.0, 1.0)
-    revision_decay = _check_float(revision_decay, "revision_decay", 0.0, 1.0)
-    if not isinstance(nesterov, bool):
-        raise TypeError("selective_step: nesterov must be a bool")
+    options = check_options("selective_step", lr=lr, momentum=momentum, dampening=dampening,
+                            weight_decay=weight_decay, nesterov=nesterov, percentile=percentile, alpha=alpha,
+                            score=score, conserve=conserve, revision_decay=revision_decay)
     if not isinstance(revise, bool):
         raise TypeError("selective_step: revise must be a bool")
-    if nesterov and (momentum <= 0.0 or dampening != 0.0):
-        raise ValueError("selective_step: nesterov requires momentum > 0 and dampening == 0")
-    if score not in SCORES:
-        raise ValueError(f"selective_step: score must be one of {SCORES}, got {score!r}")
-    if conserve not in CONSERVES:
-        raise ValueError(f"selective_step: conserve must be one of {CONSERVES}, got {conserve!r}")
 
     if momentum_buffers is None:
-        if momentum > 0.0:
+        if options["momentum"] > 0.0:
             raise ValueError("selective_step: momentum_buffers are required when momentum > 0")
         momentum_buffers = []
     else:
@@ -101,28 +112,30 @@ def check_arguments(params, grads, nat_grads, adv_grads, momentum_buffers, revis
     else:
         revision_params = _check_list(revision_params, "revision_params", n)
     return (params, grads, nat_grads, adv_grads, momentum_buffers, revision_params,
-            dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
-                 percentile=percentile, alpha=alpha, score=score, conserve=conserve, selective=selective,
-                 revise=revise, revision_decay=revision_decay))
+            dict(options, selective=selective, revise=revise))
 
 
-def check_tensors(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, selective) -> None:
-    """The per-tensor checks of SPEC §2 on normalised lists (momentum_buffers/revision_params may be empty)."""
+def check_tensors(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, selective,
+                  who: str = "selective_step", index: Optional[Sequence[int]] = None) -> None:
+    """The per-tensor checks of SPEC §2 on normalised lists (momentum_buffers/revision_params may be empty).
+    index: the number each list position is called by in errors (default the position)."""
+    shown = range(len(params)) if index is None else index
     for i, p in enumerate(params):
-        _check_tensor(p, "params", i, None)
+        _check_tensor(p, "params", shown[i], None, who)
         if p.device != params[0].device:
-            raise ValueError(f"selective_step: params[{i}] is on {p.device}, params[0] is on {params[0].device}")
+            raise ValueError(f"{who}: params[{shown[i]}] is on {p.device}, params[{shown[0]}] is on {params[0].device}")
     for i, p in enumerate(params):
-        _check_tensor(grads[i], "grads", i, p)
+        k = shown[i]
+        _check_tensor(grads[i], "grads", k, p, who)
         for name, values in (("nat_grads", nat_grads), ("adv_grads", adv_grads)):
             if values[i] is None:
                 if selective[i]:
-                    raise ValueError(f"selective_step: {name}[{i}] is None but params[{i}] is selective")
+                    raise ValueError(f"{who}: {name}[{k}] is None but params[{k}] is selective")
             else:
-                _check_tensor(values[i], name, i, p)
+                _check_tensor(values[i], name, k, p, who)
         for name, values in (("momentum_buffers", momentum_buffers), ("revision_params", revision_params)):
             if values:
-                _check_tensor(values[i], name, i, p)
+                _check_tensor(values[i], name, k, p, who)
 
 
 def validate(params, grads, nat_grads, adv_grads, momentum_buffers, revision_params, **options):

@@ -148,12 +148,106 @@ def test_internal_revision_copies_and_skipped_params():
     torch.testing.assert_close(opt.revision_tensors()[0], (start[0] + params[0].detach()) / 2)
 
 
-@pytest.mark.parametrize("bad,pattern", [(dict(selective=[True]), "selective"),
-                                         (dict(revision_rate=1.5), "revision_rate"),
-                                         (dict(implementation="numpy"), "implementation")])
+@pytest.mark.parametrize("bad,pattern", [
+    (dict(selective=[True]), "selective"),
+    (dict(selective="all"), "selective must be a bool"),
+    (dict(revision_rate=1.5), r"CURESGD: revision_rate must be in \[0.0, 1.0\], got 1.5"),
+    (dict(revision_rate=-0.1), "revision_rate"),
+    (dict(revision_decay=1.01), "CURESGD: revision_decay must be in"),
+    (dict(lr=-1), r"CURESGD: lr must be >= 0.0, got -1"),
+    (dict(momentum=-0.9), "CURESGD: momentum must be >= 0.0"),
+    (dict(weight_decay=-5e-4), "CURESGD: weight_decay must be >= 0.0"),
+    (dict(percentile=1.5), r"CURESGD: percentile must be in \[0.0, 1.0\], got 1.5"),
+    (dict(percentile=-0.1), "CURESGD: percentile must be in"),
+    (dict(alpha=1.2), "CURESGD: alpha must be in"),
+    (dict(alpha=float("nan")), "CURESGD: alpha must be in"),
+    (dict(nesterov=True), "CURESGD: nesterov requires momentum > 0"),
+    (dict(nesterov=True, momentum=0.9, dampening=0.1), "CURESGD: nesterov requires momentum > 0 and dampening == 0"),
+    (dict(score="l2"), "CURESGD: score must be one of"),
+    (dict(conserve="zero"), "CURESGD: conserve must be one of"),
+    (dict(implementation="numpy"), "implementation"),
+])
 def test_constructor_rejects_bad_options(bad, pattern):
     with pytest.raises(ValueError, match=pattern):
-        cure_ext.CURESGD(make_model(0).parameters(), lr=0.1, **bad)
+        cure_ext.CURESGD(make_model(0).parameters(), lr=bad.pop("lr", 0.1), **bad)
+
+
+@pytest.mark.parametrize("override,pattern", [
+    (dict(lr=-0.1), "CURESGD: param group 1: lr must be >= 0.0"),
+    (dict(percentile=2.0), "CURESGD: param group 1: percentile must be in"),
+    (dict(revision_rate=3.0), "CURESGD: param group 1: revision_rate must be in"),
+    (dict(momentum=0.0, nesterov=True), "CURESGD: param group 1: nesterov requires momentum > 0"),
+    (dict(score="raw"), "CURESGD: param group 1: score must be one of"),
+    (dict(selective=[True, False, True]), "selective must be a bool or 2 bools"),
+])
+def test_bad_group_overrides_are_refused_at_construction_and_by_add_param_group(override, pattern):
+    params = list(make_model(0).parameters())
+    with pytest.raises(ValueError, match=pattern):
+        cure_ext.CURESGD([dict(params=params[:4]), dict(params=params[4:], **override)], lr=0.1)
+    opt = cure_ext.CURESGD([dict(params=params[:4])], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=pattern):
+        opt.add_param_group(dict(params=params[4:], **override))
+    assert len(opt.param_groups) == 1 and len(opt.state) == 4  # nothing added
+
+
+def test_step_without_score_gradients_says_what_to_pass():
+    model = make_model(0)
+    opt = cure_ext.CURESGD(model.parameters(), lr=0.1, momentum=0.9)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"parameter 0 is selective.*call opt.step\(nat_grads, adv_grads\)"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    plain = cure_ext.CURESGD(model.parameters(), lr=0.1, selective=False)  # not selective: plain SGD
+    sgd_model = copy.deepcopy(model)  # a deep copy leaves .grad behind
+    for q in sgd_model.parameters():
+        q.grad = torch.ones_like(q)
+    plain.step()
+    torch.optim.SGD(sgd_model.parameters(), lr=0.1).step()
+    for a, b, start in zip(model.parameters(), sgd_model.parameters(), before):
+        assert not torch.equal(a, start)
+        torch.testing.assert_close(a, b)
+
+
+def _untouched(opt, model, before):
+    """Nothing of a refused step stayed: weights, no momentum buffer, the revision draws, the step count."""
+    draws, weights = before
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), weights))
+    assert not any("momentum_buffer" in s for s in opt.state.values())
+    assert torch.equal(opt.state_dict()["cure"]["generator"], draws)
+    assert opt.state_dict()["cure"]["step"] == 0 and opt.last_kept is None
+
+
+@pytest.mark.parametrize("group,entry,make,pattern", [
+    (1, 5, lambda t: t[:2], r"CURESGD.step: adv_grads\[5\] has shape \(2,\), params\[5\] has \(3,\)"),
+    (1, 4, lambda t: None, r"CURESGD.step: adv_grads\[4\] is None but params\[4\] is selective"),
+    (0, 3, lambda t: t.double(), r"CURESGD.step: adv_grads\[3\] has dtype torch.float64"),
+    (0, 2, lambda t: None, r"CURESGD.step: adv_grads\[2\] is None but params\[2\] is selective"),
+])
+def test_a_bad_score_gradient_in_any_group_leaves_every_group_untouched(group, entry, make, pattern):
+    """Two groups; a bad adv_grads entry in either one: the error names the index in the user's list."""
+    model = make_model(0)
+    params = list(model.parameters())
+    opt = cure_ext.CURESGD([dict(params=params[:4]), dict(params=params[4:], lr=0.05)], lr=0.1, momentum=0.9,
+                           revision_rate=0.5, seed=3)
+    nat, adv = fake_grads(model, torch.Generator().manual_seed(0))
+    params[1].grad = None  # skipped: the first group's call lists 3 tensors, the error still says index 2 or 3
+    adv[entry] = make(adv[entry])
+    before = (opt.state_dict()["cure"]["generator"], [p.detach().clone() for p in params])
+    with pytest.raises(ValueError, match=pattern):
+        opt.step(nat, adv)
+    _untouched(opt, model, before)
+    adv[entry] = fake_grads(model, torch.Generator().manual_seed(0))[1][entry]  # repaired: the step runs
+    params[1].grad = None
+    twin = copy.deepcopy(model)
+    twin_params = list(twin.parameters())
+    reference_opt = cure_ext.CURESGD([dict(params=twin_params[:4]), dict(params=twin_params[4:], lr=0.05)], lr=0.1,
+                                     momentum=0.9, revision_rate=0.5, seed=3)
+    for p, q in zip(params, twin_params):
+        q.grad = None if p.grad is None else p.grad.clone()
+    assert torch.equal(opt.step(nat, adv), reference_opt.step(nat, adv))  # the same draw as a fresh optimizer
+    assert all(torch.equal(a, b) for a, b in zip(params, twin_params))
 
 
 def test_step_rejects_misaligned_score_grads():
