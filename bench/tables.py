@@ -12,6 +12,17 @@ def fmt(x, spec=".2f", suffix="") -> str:
     return f"{x:{spec}}{suffix}"
 
 
+def cells(record: dict, fn) -> list:
+    """fn applied to each model's step record; "-" where the figure is missing (a part failed or skipped)."""
+    out = []
+    for m in record["step"]:
+        try:
+            out.append(fn(record["step"][m]))
+        except (KeyError, TypeError, ZeroDivisionError):
+            out.append("-")
+    return out
+
+
 def summary_table(record: dict) -> str:
     """The short table printed last: times, ratios (variant / fused), bandwidth, iteration."""
     models = list(record["step"])
@@ -25,13 +36,7 @@ def summary_table(record: dict) -> str:
     lines.append("-" * len(head))
 
     def row(label, fn):
-        vals = []
-        for m in models:
-            try:
-                vals.append(fn(record["step"][m]))
-            except (KeyError, TypeError, ZeroDivisionError):
-                vals.append("-")
-        lines.append(f"{label:<34s}" + "".join(f"{v:>{w}s}" for v in vals))
+        lines.append(f"{label:<34s}" + "".join(f"{v:>{w}s}" for v in cells(record, fn)))
 
     row("fused step (ms)", lambda r: fmt(r["fused_ms"], ".3f"))
     row("byte floor at copy bw (ms)", lambda r: fmt(r["floor_ms"], ".3f"))
@@ -76,16 +81,6 @@ def summary_table(record: dict) -> str:
 def markdown_table(record: dict) -> str:
     """The README's results table for one record: one column per model."""
     models = list(record["step"])
-
-    def cell(fn):
-        out = []
-        for m in models:
-            try:
-                out.append(fn(record["step"][m]))
-            except (KeyError, TypeError, ZeroDivisionError):
-                out.append("-")
-        return out
-
     ms = lambda key: (lambda r: fmt(r[key], ".1f" if r[key] >= 10 else ".3f"))  # noqa: E731
     x = lambda fn: (lambda r: fmt(fn(r), ".1f", "×"))  # noqa: E731
     rows = [
@@ -129,7 +124,7 @@ def markdown_table(record: dict) -> str:
              f"{record['date']}" + (", --quick" if record.get("quick") else ""), "",
              "| | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
     for label, fn in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(fn)) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells(record, fn)) + " |")
     lines.append(f"\nCopy bandwidth {record['copy_bandwidth']['gbps']:.1f} GB/s"
                  + (f"; load average {record['loadavg_start'][0]} at the start, {record['loadavg_end'][0]} at the end "
                     f"on {record.get('cpu_count')} CPUs" if record.get("loadavg_start") and record.get("loadavg_end")
