@@ -54,7 +54,7 @@ ONLY=""
 BUDGET=""
 FORCE_NO_GPU=0
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUTDIR=$2; shift 2 ;;
