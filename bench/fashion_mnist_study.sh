@@ -64,7 +64,9 @@ autoattack=()  # AutoAttack where a provider is there (carried); not in the dry 
 if [ "$dry" = 0 ] && { python3 -c "import pyautoattack" 2>/dev/null || python3 -c "import autoattack" 2>/dev/null; }; then
   autoattack=(--autoattack)
 fi
-if [ "$device" = cuda ]; then  # a bare device machine: build the extension in place first (gpu_check's step)
+# A bare device machine: gpu_check's build step, in this call; it unpacks a carried
+# .gpu_carry/extension.tar.gz (bench/gpu_carry.sh --extension) instead of building, where one is there.
+if [ "$device" = cuda ]; then
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "import cure_ext" 2>/dev/null || bash bench/gpu_check.sh --only build --out "$runs/build" >/dev/null \
     || { echo "fashion_mnist_study: the build failed ($runs/build)" >&2; exit 1; }

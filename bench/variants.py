@@ -136,7 +136,7 @@ def make_variants(sets: List[StepInputs], cfg: StepConfig) -> Dict[str, Callable
             for j, g in enumerate(s.grads):
                 if cfg.selective[j]:
                     score = _score(s.nat_grads[j], s.adv_grads[j], cfg)
-                    thr = np.percentile(score.cpu().numpy(), 100.0 * cfg.percentile)
+                    thr = np.percentile(score.float().cpu().numpy(), 100.0 * cfg.percentile)  # numpy has no bf16
                     g[score < thr] = 0  # boolean-index assignment, as in the authors' RGP.fuse_grads
         official_opts[i].step()
         with torch.no_grad():
