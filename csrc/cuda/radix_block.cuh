@@ -53,19 +53,28 @@ __device__ __forceinline__ void flush_hist(const unsigned int* hist, int bins, u
   }
 }
 
+// sh.pick before a pass has found its bin: no real bin is negative.
+constexpr int kNoPick = -1;
+
 // The bin holding the candidate of 0-based rank `rank` (< total count), for the whole block. Each
 // thread sums bins/kBlock consecutive bins, a block scan gives every thread the count below its bins,
-// and the one thread whose range holds the rank walks its bins.
+// and the one thread whose range holds the rank walks its bins. The pick starts from kNoPick on every
+// pass: when the rank is not below the total (the score inputs changed between passes, e.g. a copy
+// into them still running on another stream), no thread finds a bin, and the kernel stops with a
+// device-side assert (cudaErrorAssert at the stream's next synchronisation, an exception in torch)
+// instead of using the previous pass's bin. __assert_fail directly: NDEBUG builds keep the check.
 template <typename K, typename HistAt>
 __device__ BinPick find_bin(HistAt at, int bins, uint64_t rank, SelectShared<K>& sh) {
   const int per = bins / kBlock;
   const int first = threadIdx.x * per;
+  if (threadIdx.x == 0) sh.pick = BinPick{kNoPick, 0};
   unsigned long long local = 0;
   for (int j = 0; j < per; ++j) local += at(first + j);
   unsigned long long below;
   cub::BlockScan<unsigned long long, kBlock>(sh.temp.scan64).ExclusiveSum(local, below);
+  __syncthreads();  // the sentinel is written before any thread may claim the rank
   if (below <= rank && rank < below + local) {
-    for (int j = 0;; ++j) {
+    for (int j = 0; j < per; ++j) {
       const unsigned long long h = at(first + j);
       if (rank < below + h) {
         sh.pick = BinPick{first + j, below};
@@ -77,6 +86,10 @@ __device__ BinPick find_bin(HistAt at, int bins, uint64_t rank, SelectShared<K>&
   __syncthreads();
   const BinPick pick = sh.pick;
   __syncthreads();  // sh.pick and sh.temp free for the next use
+  if (pick.bin == kNoPick)
+    __assert_fail("cure_ext.selective_step: a radix pass counted fewer scores than the rank it selects; the "
+                  "score inputs changed during the step (synchronise streams writing nat_grads/adv_grads)",
+                  __FILE__, __LINE__, __func__);
   return pick;
 }
 
