@@ -7,15 +7,11 @@
 
 #include <cstdint>
 
+#include "cuda/bin_pick.h"
 #include "cuda/device_util.cuh"
 #include "cuda/kernels.h"
 
 namespace cure::cuda {
-
-struct BinPick {
-  int bin;
-  uint64_t below;  // candidates in lower bins
-};
 
 template <typename K>
 struct SelectShared {
@@ -55,28 +51,30 @@ __device__ __forceinline__ void flush_hist(const unsigned int* hist, int bins, u
 
 // The bin holding the candidate of 0-based rank `rank` (< total count), for the whole block. Each
 // thread sums bins/kBlock consecutive bins, a block scan gives every thread the count below its bins,
-// and the one thread whose range holds the rank walks its bins.
+// and the one thread whose range holds the rank walks its bins (claim_bin). The pick starts from
+// kNoPick on every pass: when the rank is not below the total (the score inputs changed between
+// passes, e.g. a copy into them still running on another stream), no thread claims it, and the kernel
+// stops with a device-side assert (cudaErrorAssert at the stream's next synchronisation, an exception
+// in torch) instead of using the previous pass's bin. __assert_fail directly: NDEBUG keeps the check.
 template <typename K, typename HistAt>
 __device__ BinPick find_bin(HistAt at, int bins, uint64_t rank, SelectShared<K>& sh) {
   const int per = bins / kBlock;
   const int first = threadIdx.x * per;
+  if (threadIdx.x == 0) sh.pick = BinPick{kNoPick, 0};
   unsigned long long local = 0;
   for (int j = 0; j < per; ++j) local += at(first + j);
   unsigned long long below;
   cub::BlockScan<unsigned long long, kBlock>(sh.temp.scan64).ExclusiveSum(local, below);
-  if (below <= rank && rank < below + local) {
-    for (int j = 0;; ++j) {
-      const unsigned long long h = at(first + j);
-      if (rank < below + h) {
-        sh.pick = BinPick{first + j, below};
-        break;
-      }
-      below += h;
-    }
-  }
+  __syncthreads();  // the sentinel is written before any thread may claim the rank
+  const BinPick mine = claim_bin(at, first, per, below, local, rank);
+  if (mine.bin != kNoPick) sh.pick = mine;
   __syncthreads();
   const BinPick pick = sh.pick;
   __syncthreads();  // sh.pick and sh.temp free for the next use
+  if (pick.bin == kNoPick)
+    __assert_fail("cure_ext.selective_step: a radix pass counted fewer scores than the rank it selects; the "
+                  "score inputs changed during the step (synchronise streams writing nat_grads/adv_grads)",
+                  __FILE__, __LINE__, __func__);
   return pick;
 }
 

@@ -1,6 +1,16 @@
 // CUDA kernel of cure_ext::selective_step: allocates `kept` and the workspace through torch (caching
 // allocator, current stream), reuses the plan and its uploaded metadata while the tensor list is
 // unchanged (plan_cache.h), then hands raw pointers to the torch-free launcher.
+// torch's host allocator header reads std::hardware_destructive_interference_size, which GCC 12+ warns
+// about in every file including it; the value only pads torch's own structures.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winterference-size"
+#include <ATen/core/CachingHostAllocator.h>
+#pragma GCC diagnostic pop
+#else
+#include <ATen/core/CachingHostAllocator.h>
+#endif
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
@@ -48,17 +58,26 @@ void refuse_capture(cudaStream_t stream) {
               "region");
 }
 
-// The metadata's one upload: from pinned memory, asynchronous on the current stream (torch's host
-// allocator keeps the pinned buffer until the copy has run).
-at::Tensor upload(const cuda::StepPlan& plan, at::Device device) {
-  at::Tensor host = at::empty({static_cast<int64_t>(plan.meta.size())}, at::TensorOptions(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), plan.meta.data(), plan.meta.size());
-  return host.to(device, /*non_blocking=*/true);
+// The metadata's one upload: cudaMemcpyAsync from a block of torch's pinned host allocator on the
+// current stream, not a dispatcher copy (no aten::copy_ under the profiler, so callers counting copies
+// see only copies of their own tensors). The stream is recorded on the block, so the allocator does
+// not hand it out again before the copy has run.
+at::Tensor upload(const cuda::StepPlan& plan, at::Device device, const c10::cuda::CUDAStream& stream) {
+  const size_t bytes = plan.meta.size();
+  at::Tensor meta = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions(at::kByte).device(device));
+  at::HostAllocator* pinned = at::getHostAllocator(at::kCUDA);
+  const at::DataPtr host = pinned->allocate(bytes);
+  std::memcpy(host.get(), plan.meta.data(), bytes);
+  C10_CUDA_CHECK(cudaMemcpyAsync(meta.data_ptr(), host.get(), bytes, cudaMemcpyHostToDevice, stream.stream()));
+  TORCH_INTERNAL_ASSERT(pinned->record_event(host.get(), host.get_context(), stream.unwrap()),
+                        "the pinned metadata block is not from torch's host allocator");
+  return meta;
 }
 
 at::Tensor run_cuda(PreparedStep& step, at::Device device) {
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
+  const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream(device.index());
+  const cudaStream_t stream = current.stream();
   refuse_capture(stream);
   const int64_t cap = candidate_cap();
   std::vector<TensorSlot>& slots = step.slots();
@@ -66,7 +85,7 @@ at::Tensor run_cuda(PreparedStep& step, at::Device device) {
   if (slots.empty()) return kept;
   const cuda::PlanPlace place{device.index(), reinterpret_cast<uintptr_t>(stream), cap};
   const auto entry = plan_cache().get(place, slots.data(), static_cast<int32_t>(slots.size()),
-                                      [&](const cuda::StepPlan& plan) { return upload(plan, device); });
+                                      [&](const cuda::StepPlan& plan) { return upload(plan, device, current); });
   int sm_count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device.index()));
   // The workspace goes back to the caching allocator on return: it reuses it only for work queued
