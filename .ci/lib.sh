@@ -14,15 +14,16 @@ new_venv() {  # DIR
   python3 -m venv "$1"
 }
 
-# pytest as asked, its summary line always printed; then every skip must be a test that needs a CUDA device
-# (this machine has none): a test skipping for any other reason hides a failure. Returns non-zero if any
-# test failed or skipped otherwise.
+# pytest as asked, with the venv of PYTHON first on PATH as when it is activated (scripts the tests start call
+# `python3`), its summary line always printed and failures and skips listed; then every skip must be a test
+# that needs a CUDA device (this machine has none): a test skipping for any other reason hides a failure.
+# Returns non-zero if any test failed or skipped otherwise.
 run_pytest() {  # LABEL PYTHON PYTEST_ARGS...
   local label=$1 py=$2 log rc=0
   shift 2
   echo "== $label"
   log=$(mktemp)
-  "$py" -m pytest -rs "$@" 2>&1 | tee "$log" || rc=1
+  PATH="$(dirname "$py"):$PATH" "$py" -m pytest -rfEs "$@" 2>&1 | tee "$log" || rc=1
   local other
   other=$(grep -E '^SKIPPED ' "$log" | grep -v -i -E 'needs a CUDA device' || true)
   if [ -n "$other" ]; then
