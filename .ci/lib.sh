@@ -9,11 +9,6 @@ clean_copy() {  # SRC DEST
   git -C "$1" ls-files -z | (cd "$1" && xargs -0 cp --parents -t "$2")
 }
 
-# A venv of its own (no system site-packages, so no user site either: how most users install).
-new_venv() {  # DIR
-  python3 -m venv "$1"
-}
-
 # pytest as asked, with the venv of PYTHON first on PATH as when it is activated (scripts the tests start call
 # `python3`), its summary line always printed and failures and skips listed; then every skip must be a test
 # that needs a CUDA device (this machine has none): a test skipping for any other reason hides a failure.
