@@ -71,7 +71,12 @@ if [ "$device" = cuda ]; then
   python3 -c "import cure_ext" 2>/dev/null || bash bench/gpu_check.sh --only build --out "$runs/build" >/dev/null \
     || { echo "fashion_mnist_study: the build failed ($runs/build)" >&2; exit 1; }
 fi
-compare=(python3 -c "import sys; from cure_ext.train.cli import compare_main; sys.exit(compare_main())")
+# Python code run from here (the checkout) starts without the current folder on sys.path, which `python3 -c`
+# puts first: after a non-editable install, the source folder cure_ext/ would shadow the installed package.
+pyc() { python3 -c "import sys
+if sys.path[0] == '': del sys.path[0]
+$1" "${@:2}"; }
+compare=(pyc "from cure_ext.train.cli import compare_main; sys.exit(compare_main())")
 args=("${rows[@]}" "${seeds[@]}" "${protocol[@]}" --device "$device" "${autoattack[@]}" --jobs "$jobs"
       --deadline $((budget - 40)) --out "$runs/study")
 
@@ -82,8 +87,8 @@ status=$?
 for f in compare.json compare.csv tradeoff.png; do
   [ -f "$runs/study/$f" ] && cp "$runs/study/$f" "$out/"
 done
-[ -f "$out/compare.json" ] && python3 -c "
-import json, sys
+[ -f "$out/compare.json" ] && pyc "
+import json
 from cure_ext.train.compare import compare_table
 result = json.load(open(sys.argv[1]))
 print(compare_table(result))

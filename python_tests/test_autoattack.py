@@ -2,7 +2,6 @@
 attacks measured against it."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,6 @@ import pyautoattack
 
 EPS = 0.2
 CPU = torch.device("cpu")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +219,7 @@ def test_cure_eval_autoattack_under_torchrun(tmp_path):
     script = "import sys; from cure_ext.train.cli import eval_main; sys.exit(eval_main())"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "--no-python", sys.executable, "-c", script, *args, str(tmp_path / "two.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("AutoAttack square:") == 1  # rank 0's progress only
     assert eval_main(args + [str(tmp_path / "one.json")]) == 0

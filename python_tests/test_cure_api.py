@@ -328,11 +328,11 @@ def test_a_ddp_wrapped_model_on_two_ranks_steps_as_one_process_on_the_whole_batc
 
 # ---- imports and the example ----------------------------------------------------------------------------------
 
-def test_import_cure_ext_and_python_m_cure_ext_leave_the_trainer_unloaded():
+def test_import_cure_ext_and_python_m_cure_ext_leave_the_trainer_unloaded(tmp_path):
     code = ("import runpy, sys; import cure_ext; assert 'cure_ext.train' not in sys.modules, 'import'; "
             "runpy.run_module('cure_ext', run_name='__main__'); assert 'cure_ext.train' not in sys.modules, '-m'; "
             "cure_ext.load_checkpoint; assert 'cure_ext.train.checkpoint' in sys.modules")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert f"built against torch {torch.__version__}, running torch {torch.__version__}" in proc.stdout
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

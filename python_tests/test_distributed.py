@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -29,7 +30,6 @@ from cure_ext.train.evaluate import evaluate
 from cure_ext.train.steps import StepSetup, cure_step
 from train_runs import read_json, read_metrics, without_times
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 301 training examples in batches of 64: the last batch (45) splits unevenly, 23 + 22; 90 test examples in
 # evaluation batches of 32: rank 0 attacks batches 1 and 3, rank 1 batch 2.
 SHAPE = ["--train-limit", "301", "--test-limit", "90", "--eval-limit", "40", "--batch-size", "64", "--eval-batch-size",
@@ -38,8 +38,9 @@ RUN = ["--pretrain-epochs", "1", "--epochs", "3", *SHAPE]
 
 
 def torchrun(args, nproc=2):
+    # started outside the checkout: its cure_ext/ must not shadow the installed one (python -m puts cwd first)
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc_per_node={nproc}", *args], cwd=REPO, stdout=subprocess.PIPE,
+                             f"--nproc_per_node={nproc}", *args], cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

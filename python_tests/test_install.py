@@ -5,6 +5,7 @@ against, in one line."""
 import importlib.util
 import os
 import shutil
+import site
 import subprocess
 import sys
 import time
@@ -37,37 +38,42 @@ def test_an_extension_built_against_another_torch_refuses_to_load_in_one_line(tm
 def test_the_backend_finds_the_environments_torch_inside_pips_build_isolation(tmp_path):
     """pip's own BuildEnvironment hides this environment's site-packages and user site (torch with them);
     importing the in-tree backend there makes the torch that this interpreter sees outside importable
-    again: the site-packages' one, or a user install's."""
+    again: the site-packages' one, or a user install's where the interpreter has a user site (a venv has
+    none)."""
     from pip._internal.build_env import BuildEnvironment
     from pip._internal.utils.temp_dir import global_tempdir_manager
 
     # The build requirement pip would install into the build environment: a copy of setuptools (located,
     # not imported: importing it here would meet the distutils this process already has).
     lib = tmp_path / "lib"
-    site = os.path.dirname(os.path.dirname(importlib.util.find_spec("setuptools").origin))
+    packages = os.path.dirname(os.path.dirname(importlib.util.find_spec("setuptools").origin))
     for name in ("setuptools", "pkg_resources", "_distutils_hack"):
-        if os.path.isdir(os.path.join(site, name)):
-            shutil.copytree(os.path.join(site, name), lib / name, ignore=shutil.ignore_patterns("__pycache__"))
+        if os.path.isdir(os.path.join(packages, name)):
+            shutil.copytree(os.path.join(packages, name), lib / name, ignore=shutil.ignore_patterns("__pycache__"))
     code = ("import importlib.util, sys; hidden = importlib.util.find_spec('torch') is None; "
             f"sys.path[:0] = [{os.path.join(REPO, 'build_backend')!r}, {str(lib)!r}]; import torch_env_backend; "
             "import torch; print(hidden, torch.__file__, hasattr(torch_env_backend, 'build_wheel'), "
             "hasattr(torch_env_backend, 'build_editable'))")
-    # A user install (`pip install --user`) of a torch: the user site comes before the site-packages.
-    user_base = tmp_path / "userbase"
+    # A user install (`pip install --user`) of a torch: the user site, where the interpreter has one (not in a
+    # venv: site.ENABLE_USER_SITE is False there), comes before the site-packages.
+    user_base = {"PYTHONUSERBASE": str(tmp_path / "userbase")}
     user_site = subprocess.run([sys.executable, "-c", "import site; print(site.getusersitepackages())"],
-                               env={**os.environ, "PYTHONUSERBASE": str(user_base)}, capture_output=True,
-                               text=True, check=True).stdout.strip()
+                               env={**os.environ, **user_base}, capture_output=True, text=True,
+                               check=True).stdout.strip()
     os.makedirs(os.path.join(user_site, "torch"))
     with open(os.path.join(user_site, "torch", "__init__.py"), "w") as f:
         f.write("__version__ = 'user'\n")
+    outside = subprocess.run([sys.executable, "-c", "import torch; print(torch.__file__)"], cwd=tmp_path,
+                             env={**os.environ, **user_base}, capture_output=True, text=True, check=True).stdout.strip()
+    assert outside == (os.path.join(user_site, "torch", "__init__.py") if site.ENABLE_USER_SITE else torch.__file__)
     with global_tempdir_manager(), BuildEnvironment():
         proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
         user = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONUSERBASE": str(user_base)})
+                              env={**os.environ, **user_base})  # pip's isolation variables included
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", torch.__file__, "True", "True"]
     assert user.returncode == 0, user.stderr
-    assert user.stdout.split() == ["True", os.path.join(user_site, "torch", "__init__.py"), "True", "True"]
+    assert user.stdout.split() == ["True", outside, "True", "True"]
 
 
 def _in_venv(venv, *args, cwd, timeout=900):

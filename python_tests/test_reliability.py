@@ -20,7 +20,6 @@ from cure_ext.train.checkpoint import FORMAT, read_checkpoint
 from cure_ext.train.models import build_model
 from train_runs import read_metrics, without_times
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A few seconds per run on two shared cores.
 TINY = ["--pretrain-epochs", "1", "--epochs", "2", "--train-limit", "200", "--test-limit", "60", "--eval-limit", "30",
         "--batch-size", "50", "--attack-steps", "1", "--eval-steps", "2", "--quiet"]
@@ -53,8 +52,8 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def train_process(args):
-    return subprocess.Popen([sys.executable, "-m", "cure_ext.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+def train_process(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "cure_ext.train", *args], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -63,11 +62,11 @@ def train_process(args):
 @pytest.mark.slow
 def test_sigkill_at_a_random_point_then_resume_ends_bit_exactly_where_an_uninterrupted_run_ends(tmp_path):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
-    ref = train_process(KILLABLE + ["--out", reference])
+    ref = train_process(KILLABLE + ["--out", reference], tmp_path)
     _, err = ref.communicate(timeout=300)
     assert ref.returncode == 0, err
 
-    proc = train_process(KILLABLE + ["--out", killed])
+    proc = train_process(KILLABLE + ["--out", killed], tmp_path)
     last = os.path.join(killed, "last.pt")
     deadline = time.monotonic() + 300
     while not os.path.exists(last) and proc.poll() is None and time.monotonic() < deadline:
@@ -80,7 +79,7 @@ def test_sigkill_at_a_random_point_then_resume_ends_bit_exactly_where_an_uninter
     was_killed = proc.returncode == -signal.SIGKILL
     read_checkpoint(last)  # whatever the kill interrupted, last.pt is a complete checkpoint
 
-    resumed = train_process(["--resume", "--out", killed, "--quiet"])
+    resumed = train_process(["--resume", "--out", killed, "--quiet"], tmp_path)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, (delay, err)
     assert_same_weights(os.path.join(reference, "last.pt"), last)
@@ -105,7 +104,7 @@ def test_a_kill_while_last_pt_is_written_leaves_the_previous_one(tmp_path):
         torch.save = dies_half_way
         save_atomic({{**first, "model": {{"w": torch.zeros(1000)}}}}, {path!r})
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert os.path.getsize(path + ".tmp") > 0  # the torn write went to the temporary file ...
     assert torch.equal(read_checkpoint(path)["model"]["w"], torch.arange(1000.0))  # ... last.pt is the old one

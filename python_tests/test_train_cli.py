@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from cure_ext import CURESGD
-from cure_ext.train import cli, compare, loop
+from cure_ext.train import cli, compare, config, loop, worker
 from cure_ext.train.checkpoint import load_checkpoint
 from cure_ext.train.device import cpu_threads
 from train_runs import read_metrics, without_times
 
 TINY = ["--pretrain-epochs", "1", "--epochs", "2", "--attack-steps", "2", "--quiet"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +215,23 @@ def test_bad_input_is_one_paragraph_and_exit_2(run_dir, tmp_path, capsys):
     assert "cure-eval: error:" in capsys.readouterr().err
 
 
-def test_module_entry_point_lists_the_recipes():
-    result = subprocess.run([sys.executable, "-m", "cure_ext.train", "--list-recipes"], cwd=REPO,
+def test_module_entry_point_lists_the_recipes(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cure_ext.train", "--list-recipes"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "cifar10-resnet18" in result.stdout and "86.76" in result.stdout and "wrn34-10" in result.stdout
+
+
+def test_a_compare_worker_started_inside_a_checkout_runs_this_cure_ext(tmp_path, monkeypatch):
+    """`cure-compare --jobs N` run in a folder holding a cure_ext/ (a checkout, after a non-editable install):
+    its workers import the cure_ext this process runs, not the folder's (here a decoy failing on import)."""
+    (tmp_path / "cure_ext").mkdir()
+    (tmp_path / "cure_ext" / "__init__.py").write_text("raise ImportError('the decoy in the current folder')\n")
+    monkeypatch.chdir(tmp_path)
+    out = str(tmp_path / "run")
+    proc = worker.start(config.make_config(dataset="cifar10", data_dir=str(tmp_path / "nothing")), out)
+    assert proc.wait(timeout=300) == 2, worker.last_error(out)
+    assert worker.last_error(out).startswith("error: missing data: no cifar-10-batches-py/"), worker.last_error(out)
 
 
 def test_cure_eval_on_a_saved_model(run_dir, tmp_path, capsys):

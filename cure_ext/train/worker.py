@@ -1,4 +1,4 @@
-"""One training run of `cure-compare --jobs N` in a process of its own: `python -m cure_ext.train.worker OUT`
+"""One training run of `cure-compare --jobs N` in a process of its own: `main([OUT])` (started by `start`)
 trains the configuration stored in OUT/request.json into OUT, its output in OUT/worker.log."""
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ from .errors import UserError
 from .report import write_json_atomic
 
 REQUEST, LOG = "request.json", "worker.log"
+# `python -m`/`-c` put the current folder first on sys.path: started inside a checkout, the worker would import
+# the source tree instead of the installed cure_ext (the one this process runs). `-P` would avoid it but needs
+# Python 3.11, so the worker starts from `-c` and drops that entry (absent under -P or PYTHONSAFEPATH).
+_START = ("import sys\nif sys.path[0] == '': del sys.path[0]\n"
+          f"from {__name__} import main\nsys.exit(main(sys.argv[1:]))")
 
 
 def start(cfg: TrainConfig, out: str) -> subprocess.Popen:
@@ -20,7 +25,7 @@ def start(cfg: TrainConfig, out: str) -> subprocess.Popen:
     write_json_atomic(cfg.to_dict(), os.path.join(out, REQUEST))
     with open(os.path.join(out, LOG), "w") as log:
         # its own process group: stopping it stops what it started (data-loading threads, nothing more)
-        return subprocess.Popen([sys.executable, "-m", "cure_ext.train.worker", out], stdout=log,
+        return subprocess.Popen([sys.executable, "-c", _START, out], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -64,6 +69,3 @@ def main(argv: list) -> int:
         return getattr(e, "exit_code", 2)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
