@@ -182,17 +182,27 @@ class CURESGD(torch.optim.Optimizer):
         cure = state_dict.pop("cure", None)
         if cure is None:
             raise ValueError("CURESGD.load_state_dict: the state dict has no 'cure' entry (step count, generator)")
+        # Checked before anything is written: torch's loader replaces the state as soon as it is called.
+        saved = state_dict.get("state", {})
+        for i, p in enumerate(self._all_params()):
+            revision = saved.get(i, {}).get("revision")
+            if not isinstance(revision, torch.Tensor) or revision.shape != p.shape:
+                raise ValueError(f"CURESGD.load_state_dict: parameter {i} has no revision tensor of its shape "
+                                 f"{tuple(p.shape)}")
+        try:
+            step = int(cure["step"])
+            torch.Generator(self._generator.device).set_state(cure["generator"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"CURESGD.load_state_dict: the 'cure' entry's step or generator is not valid ({e})") from None
         external = self.revision_tensors() if self._external_revision else None
         super().load_state_dict(state_dict)
         for i, p in enumerate(self._all_params()):
-            loaded = self.state[p].get("revision")
-            if loaded is None:
-                raise ValueError(f"CURESGD.load_state_dict: parameter {i} has no revision tensor")
+            loaded = self.state[p]["revision"]
             if external is not None:
                 # The revision model's own tensors must stay the ones the caller holds.
                 external[i].copy_(loaded)
                 self.state[p]["revision"] = external[i]
-        self._step_count = int(cure["step"])
+        self._step_count = step
         self._generator.set_state(cure["generator"])
 
 

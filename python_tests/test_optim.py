@@ -118,6 +118,35 @@ def test_state_dict_round_trip_continues_identically():
     assert all(r is p for r, p in zip(opt2.revision_tensors(), rev2.parameters()))
 
 
+@pytest.mark.parametrize("break_it", ["no revision", "wrong shape", "bad generator"])
+def test_a_refused_state_dict_leaves_the_optimizer_as_it_was(break_it):
+    model = make_model(0)
+    rev = copy.deepcopy(model)
+    opt = cure_ext.CURESGD(groups(model), revision_params=list(rev.parameters()), seed=7, **HYPER)
+    gen = torch.Generator().manual_seed(0)
+    opt.step(*fake_grads(model, gen))
+    bad = copy.deepcopy(opt.state_dict())
+    last = len(list(model.parameters())) - 1
+    if break_it == "no revision":
+        del bad["state"][last]["revision"]
+    elif break_it == "wrong shape":
+        bad["state"][last]["revision"] = torch.zeros(list(model.parameters())[last].numel() + 1)
+    else:
+        bad["cure"]["generator"] = torch.zeros(3, dtype=torch.uint8)
+    for _ in range(2):
+        opt.step(*fake_grads(model, gen))
+    before = copy.deepcopy(opt.state_dict())
+    revision_before = [r.clone() for r in opt.revision_tensors()]
+    with pytest.raises(ValueError, match="load_state_dict"):
+        opt.load_state_dict(bad)
+    after = opt.state_dict()
+    assert after["cure"]["step"] == before["cure"]["step"] == 3
+    assert torch.equal(after["cure"]["generator"], before["cure"]["generator"])
+    for i, entry in before["state"].items():
+        assert all(torch.equal(after["state"][i][k], v) for k, v in entry.items())
+    assert all(torch.equal(r, b) for r, b in zip(opt.revision_tensors(), revision_before))
+
+
 def test_lr_scheduler_changes_the_step():
     model = make_model(0)
     opt = cure_ext.CURESGD(model.parameters(), lr=0.1, percentile=0.0, revision_rate=0.0)
