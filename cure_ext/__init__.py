@@ -2,6 +2,9 @@
 
 Importing it loads the op and the optimizer only; `CURE` loads its attacks and losses, and `load_checkpoint`
 the trainer's checkpoint reader, when first used."""
+import glob
+import os
+
 import torch  # loads libtorch before the extension that links against it
 
 __version__ = "0.1.0"
@@ -15,7 +18,11 @@ if _build_info is not None and _build_info.TORCH_VERSION != str(torch.__version_
                       "is installed: reinstall cure_ext (`pip install .` in its checkout) to rebuild it")
 try:
     from . import _C  # noqa: F401  (registers torch.ops.cure_ext.selective_step and its kernels)
-except ModuleNotFoundError:
+except ImportError:
+    # A source folder shadowing the installed package raises a plain ImportError; a _C that exists but
+    # fails to load (a missing symbol, a library) keeps its own message.
+    if glob.glob(os.path.join(__path__[0], "_C.*")):
+        raise
     raise ImportError(f"cure_ext's compiled extension is missing from {__path__[0]}: install with `pip install .` "
                       "(from another folder than the checkout), or build in place with "
                       "`python setup.py build_ext --inplace`") from None
