@@ -3,6 +3,7 @@ inside pip's isolated build, never fetching another; without torch it stops at o
 to install torch first; the extension refuses to load under another torch than the one it was built
 against, in one line."""
 import importlib.util
+import json
 import os
 import shutil
 import site
@@ -40,9 +41,6 @@ def test_the_backend_finds_the_environments_torch_inside_pips_build_isolation(tm
     importing the in-tree backend there makes the torch that this interpreter sees outside importable
     again: the site-packages' one, or a user install's where the interpreter has a user site (a venv has
     none)."""
-    from pip._internal.build_env import BuildEnvironment
-    from pip._internal.utils.temp_dir import global_tempdir_manager
-
     # The build requirement pip would install into the build environment: a copy of setuptools (located,
     # not imported: importing it here would meet the distutils this process already has).
     lib = tmp_path / "lib"
@@ -66,14 +64,26 @@ def test_the_backend_finds_the_environments_torch_inside_pips_build_isolation(tm
     outside = subprocess.run([sys.executable, "-c", "import torch; print(torch.__file__)"], cwd=tmp_path,
                              env={**os.environ, **user_base}, capture_output=True, text=True, check=True).stdout.strip()
     assert outside == (os.path.join(user_site, "torch", "__init__.py") if site.ENABLE_USER_SITE else torch.__file__)
-    with global_tempdir_manager(), BuildEnvironment():
-        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-        user = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, **user_base})  # pip's isolation variables included
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", torch.__file__, "True", "True"]
-    assert user.returncode == 0, user.stderr
-    assert user.stdout.split() == ["True", outside, "True", "True"]
+    # pip's BuildEnvironment runs in a driver process of its own: importing pip's internals imports the
+    # standard library's distutils, which setuptools' distutils hack (loaded later, e.g. by torch.compile's
+    # C++ builds in other tests) then refuses.
+    driver = ("import json, os, subprocess, sys\n"
+              "from pip._internal.build_env import BuildEnvironment\n"
+              "from pip._internal.utils.temp_dir import global_tempdir_manager\n"
+              "code, user_base = json.loads(sys.argv[1])\n"
+              "with global_tempdir_manager(), BuildEnvironment():\n"
+              # the second child gets os.environ as BuildEnvironment set it (its isolation variables) plus the user base
+              "    runs = [subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)\n"
+              "            for env in (None, {**os.environ, **user_base})]\n"
+              "print(json.dumps([[r.returncode, r.stdout, r.stderr] for r in runs]))\n")
+    driven = subprocess.run([sys.executable, "-c", driver, json.dumps([code, user_base])], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert driven.returncode == 0, driven.stderr
+    (proc_rc, proc_out, proc_err), (user_rc, user_out, user_err) = json.loads(driven.stdout)
+    assert proc_rc == 0, proc_err
+    assert proc_out.split() == ["True", torch.__file__, "True", "True"]
+    assert user_rc == 0, user_err
+    assert user_out.split() == ["True", outside, "True", "True"]
 
 
 def _in_venv(venv, *args, cwd, timeout=900):
